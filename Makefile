@@ -1,0 +1,45 @@
+# batchpilot: `make help` lists the targets. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+BATCHPILOT_HOME ?= $(HOME)/.cache/batchpilot
+export BATCHPILOT_HOME
+# Models load from local files only: no hub downloads, ever.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help install binaries test test-unit lint fmt crds cluster cluster-down demo bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(VENV)/bin/uv || $(VENV)/bin/pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv with the dev extra (quick when already done)
+
+binaries: ## Build the local cluster's binaries from Go modules (cached in $BATCHPILOT_HOME)
+	@bash cluster/build-binaries.sh
+
+test: install binaries ## Run every test layer: unit, model, cluster and e2e
+	$(VENV)/bin/pytest
+
+test-unit: install ## Run the tests that need neither the cluster nor a model
+	$(VENV)/bin/pytest -m "unit"
+
+lint: install ## ruff, mypy --strict, hadolint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy runtime/batchpilot_runtime operator/batchpilot_operator cluster/batchpilot_localcluster
+
+fmt: install ## Format the code with ruff
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove the virtual environment and caches (not the cluster binaries)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""A local Kubernetes cluster for tests and the demo: built from Go modules, no Docker."""

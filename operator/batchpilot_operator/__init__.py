@@ -1,0 +1,1 @@
+"""batchpilot operator: reconciles BatchedModels and tunes their batching."""

@@ -1,0 +1,1 @@
+"""batchpilot runtime: a dynamic-batching inference server."""
