@@ -41,5 +41,8 @@ fmt: install ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+crds: install ## Regenerate the BatchedModel CRD (crds/ and the chart) from operator/batchpilot_operator/api.py
+	$(PY) -m batchpilot_operator.crdgen
+
 clean: ## Remove the virtual environment and caches (not the cluster binaries)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
