@@ -1,0 +1,137 @@
+"""An open-loop load generator for the demo and the end-to-end tests.
+
+Requests arrive as a Poisson process whose rate follows a schedule, independently of how fast
+the server answers (an open loop: a slow server builds a queue instead of slowing the load,
+which is what real traffic does). Each request goes to one of the current endpoints, chosen
+round-robin; the endpoints can change while the load runs (pods come and go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+RateSchedule = Callable[[float], float]
+"""Requests per second as a function of seconds since the load started."""
+
+EndpointSource = Callable[[], Awaitable[Sequence[str]]]
+"""Returns the base URLs (``http://127.0.0.5:8080``) that currently take traffic."""
+
+
+@dataclass
+class Outcome:
+    """One request's fate."""
+
+    sent_at: float  # seconds since the load started
+    latency_s: float
+    status: int  # HTTP status, or 0 when no answer came back
+
+
+@dataclass
+class LoadReport:
+    """Everything the load saw, in arrival order."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def window(self, start: float, end: float) -> list[Outcome]:
+        """Outcomes of the requests sent in ``[start, end)``."""
+        return [o for o in self.outcomes if start <= o.sent_at < end]
+
+    @staticmethod
+    def p95_ms(outcomes: Sequence[Outcome]) -> float | None:
+        """95th percentile latency of the successful requests, in milliseconds."""
+        ok = sorted(o.latency_s for o in outcomes if o.status == 200)
+        if not ok:
+            return None
+        return ok[min(len(ok) - 1, int(0.95 * len(ok)))] * 1000.0
+
+
+def steps(*levels: tuple[float, float]) -> RateSchedule:
+    """A piecewise-constant schedule from ``(until_seconds, rate)`` pairs."""
+
+    def rate(t: float) -> float:
+        for until, value in levels:
+            if t < until:
+                return value
+        return 0.0
+
+    return rate
+
+
+async def run_load(
+    endpoints: EndpointSource,
+    rate: RateSchedule,
+    duration_s: float,
+    *,
+    model: str,
+    texts: Sequence[str] = ("batchpilot groups concurrent requests into batches.",),
+    timeout_s: float = 30.0,
+    max_in_flight: int = 2000,
+    seed: int = 0,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> LoadReport:
+    """Send embedding requests for ``duration_s`` seconds at the scheduled rate.
+
+    Bounded: it stops sending at ``duration_s`` and waits at most ``timeout_s`` more for the
+    answers; at most ``max_in_flight`` requests are outstanding (beyond that, arrivals are
+    recorded as status 0 instead of piling up in the client).
+    """
+    rng = random.Random(seed)
+    report = LoadReport()
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256)
+    start = time.monotonic()
+    in_flight: set[asyncio.Task[None]] = set()
+    urls: Sequence[str] = await endpoints()
+    refreshed = start
+    turn = 0
+
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+
+        async def one(url: str, sent_at: float, text: str) -> None:
+            begun = time.monotonic()
+            try:
+                resp = await client.post(
+                    f"{url}/v1/embeddings", json={"model": model, "input": text}
+                )
+                status = resp.status_code
+            except httpx.HTTPError:
+                status = 0
+            outcome = Outcome(sent_at, time.monotonic() - begun, status)
+            report.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+
+        next_at = 0.0
+        while True:
+            now = time.monotonic() - start
+            if now >= duration_s:
+                break
+            if now - (refreshed - start) > 1.0:  # pick up new or removed pods once a second
+                urls = await endpoints()
+                refreshed = time.monotonic()
+            current = rate(now)
+            if current <= 0:
+                next_at = now + 0.1
+                await asyncio.sleep(0.1)
+                continue
+            next_at += rng.expovariate(current)
+            delay = next_at - (time.monotonic() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not urls or len(in_flight) >= max_in_flight:
+                report.outcomes.append(Outcome(next_at, 0.0, 0))
+                continue
+            url = urls[turn % len(urls)]
+            turn += 1
+            task = asyncio.create_task(one(url, next_at, texts[turn % len(texts)]))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=timeout_s)
+    report.outcomes.sort(key=lambda o: o.sent_at)
+    return report
