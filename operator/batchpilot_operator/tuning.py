@@ -1,0 +1,424 @@
+"""Policy: from an observation, decide replicas, max batch size and max wait. Pure: no I/O.
+
+``decide(observation, current, spec, now) -> Decision`` is called once per tick by the
+actuation. It
+
+1. holds when the observation covers no pod (first tick, every pod missing);
+2. models the service time ``t(b) = a + c*b`` (fitted from the pods' batch sizes and
+   durations) and picks the largest batch size whose worst case under load, a batch in
+   execution plus a wait plus its own batch (``2*t(b) + wait``), fits in a share of the
+   latency target: the most throughput per replica (``b / t(b)``) that meets the target;
+3. corrects that choice from the measured p95: multiplicative decrease of the batch size
+   on a miss that is not overload, additive increase when well inside the target and the
+   batches fill;
+4. sizes replicas to carry the arrival rate plus the queue as debt to pay back within one
+   interval, at a target utilisation (headroom). A missing pod is assumed to carry the
+   mean load of the pods that answered, and partial data may only scale up;
+5. scales up at once; scales down only to the highest recommendation of the last
+   ``scale_down_delay_s`` (which must be covered by observations), by a bounded step;
+6. never changes the config while the pods still report an older generation than the one
+   last written, and does not touch the config on too few latency samples;
+7. keeps every value inside the spec's bounds.
+
+Every :class:`Decision` carries a reason. The caller keeps :class:`CurrentState` between
+ticks; :meth:`Decision.next_state` gives the state to keep after applying a decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from batchpilot_operator.metrics import Observation, ServiceTimeFit
+
+
+@dataclass(frozen=True)
+class TuningSpec:
+    """The bounds and target of the loop (the BatchedModel's ``spec.autoscaling``), plus the
+    policy's own constants. Times in milliseconds or seconds as named."""
+
+    latency_target_ms: float = 100.0
+    min_replicas: int = 1
+    max_replicas: int = 4
+    min_batch_size: int = 1
+    max_batch_size: int = 128
+    min_wait_ms: float = 0.0
+    max_wait_ms: float = 50.0
+    interval_s: float = 15.0
+    scale_down_delay_s: float = 120.0
+    # The policy's constants (not in the API).
+    target_utilization: float = 0.7
+    """Replicas are sized so that they are busy this share of the time (the headroom)."""
+    latency_budget: float = 0.8
+    """Share of the target the modelled worst case ``2*t(b) + wait`` may use."""
+    wait_share: float = 0.1
+    """Share of the target given to the batch wait, when the budget leaves room."""
+    min_latency_samples: int = 20
+    """Fewer request latencies than this in a window: the p95 is not used."""
+    decrease_factor: float = 0.7
+    """Batch size multiplier on a p95 miss that is not overload."""
+    increase_step: int = 2
+    """Batch size added when the p95 is well inside the target and batches fill."""
+    well_inside: float = 0.6
+    """A p95 under this share of the target is well inside."""
+    overload_utilization: float = 0.9
+    """Busy share above which a p95 miss is overload (more replicas, not smaller batches)."""
+    scale_down_step: float = 0.25
+    """Most replicas removed in one decision, as a share of the current count (at least 1)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError("need 1 <= min_replicas <= max_replicas")
+        if not 1 <= self.min_batch_size <= self.max_batch_size:
+            raise ValueError("need 1 <= min_batch_size <= max_batch_size")
+        if not 0 <= self.min_wait_ms <= self.max_wait_ms:
+            raise ValueError("need 0 <= min_wait_ms <= max_wait_ms")
+        if self.latency_target_ms <= 0 or self.interval_s <= 0:
+            raise ValueError("latency_target_ms and interval_s must be positive")
+        if not 0 < self.target_utilization <= 1:
+            raise ValueError("target_utilization must be within (0, 1]")
+
+    @property
+    def latency_target_s(self) -> float:
+        return self.latency_target_ms / 1000.0
+
+    @classmethod
+    def from_autoscaling(cls, autoscaling: Any, **policy: Any) -> TuningSpec:
+        """Build from the API's ``Autoscaling`` (snake_case attributes) or from its JSON form
+        (a mapping with camelCase keys, as in the custom resource). ``policy`` overrides the
+        policy's constants."""
+
+        def get(snake: str, camel: str) -> Any:
+            if isinstance(autoscaling, Mapping):
+                return autoscaling.get(camel, autoscaling.get(snake, getattr(cls, snake)))
+            return getattr(autoscaling, snake, getattr(cls, snake))
+
+        return cls(
+            latency_target_ms=float(get("latency_target_ms", "latencyTargetMs")),
+            min_replicas=int(get("min_replicas", "minReplicas")),
+            max_replicas=int(get("max_replicas", "maxReplicas")),
+            min_batch_size=int(get("min_batch_size", "minBatchSize")),
+            max_batch_size=int(get("max_batch_size", "maxBatchSize")),
+            min_wait_ms=float(get("min_wait_ms", "minWaitMs")),
+            max_wait_ms=float(get("max_wait_ms", "maxWaitMs")),
+            interval_s=float(
+                autoscaling.get("intervalSeconds", cls.interval_s)
+                if isinstance(autoscaling, Mapping)
+                else getattr(autoscaling, "interval_seconds", cls.interval_s)
+            ),
+            scale_down_delay_s=float(
+                autoscaling.get("scaleDownDelaySeconds", cls.scale_down_delay_s)
+                if isinstance(autoscaling, Mapping)
+                else getattr(autoscaling, "scale_down_delay_seconds", cls.scale_down_delay_s)
+            ),
+            **policy,
+        )
+
+
+@dataclass(frozen=True)
+class CurrentState:
+    """What the loop last asked for, and the memory it needs between ticks."""
+
+    replicas: int
+    """Replicas on the Deployment now (desired, not necessarily ready)."""
+    max_batch_size: int
+    """The config last written to the ConfigMap."""
+    max_wait_ms: float
+    generation: int
+    """The generation of the config last written; pods reporting less still run an older one."""
+    last_scale_up: float | None = None
+    last_scale_down: float | None = None
+    last_config_change: float | None = None
+    recommendations: tuple[tuple[float, int], ...] = ()
+    """Recent ``(time, replicas)`` recommendations: the scale-down stabilisation window."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to run next, and why."""
+
+    action: str
+    """``hold``, or the changes joined by ``+``: ``scale-up``, ``scale-down``, ``retune``."""
+    replicas: int
+    max_batch_size: int
+    max_wait_ms: float
+    reason: str
+    replicas_changed: bool
+    config_changed: bool
+    recommendations: tuple[tuple[float, int], ...]
+    """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
+
+    def next_state(self, current: CurrentState, now: float) -> CurrentState:
+        """The state to keep once this decision is applied: a config change bumps the
+        generation (write it into the ConfigMap with the new values)."""
+        up = self.replicas > current.replicas
+        down = self.replicas < current.replicas
+        return replace(
+            current,
+            replicas=self.replicas,
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            generation=current.generation + 1 if self.config_changed else current.generation,
+            last_scale_up=now if up else current.last_scale_up,
+            last_scale_down=now if down else current.last_scale_down,
+            last_config_change=now if self.config_changed else current.last_config_change,
+            recommendations=self.recommendations,
+        )
+
+
+def _clamp(value: float, lo: float, hi: float) -> float:
+    return max(lo, min(hi, value))
+
+
+def _hold(current: CurrentState, spec: TuningSpec, reason: str) -> Decision:
+    replicas = int(_clamp(current.replicas, spec.min_replicas, spec.max_replicas))
+    size = int(_clamp(current.max_batch_size, spec.min_batch_size, spec.max_batch_size))
+    wait = _clamp(current.max_wait_ms, spec.min_wait_ms, spec.max_wait_ms)
+    changes = []
+    if replicas != current.replicas:
+        changes.append(f"replicas {current.replicas}->{replicas}")
+    if size != current.max_batch_size or wait != current.max_wait_ms:
+        changes.append("batching config")
+    if changes:
+        return _decision(
+            current,
+            replicas,
+            size,
+            wait,
+            f"{reason}; brought {' and '.join(changes)} inside the spec's bounds",
+            current.recommendations,
+        )
+    return _decision(current, replicas, size, wait, reason, current.recommendations)
+
+
+def _decision(
+    current: CurrentState,
+    replicas: int,
+    size: int,
+    wait_ms: float,
+    reason: str,
+    recommendations: tuple[tuple[float, int], ...],
+) -> Decision:
+    replicas_changed = replicas != current.replicas
+    config_changed = size != current.max_batch_size or wait_ms != current.max_wait_ms
+    parts = []
+    if replicas > current.replicas:
+        parts.append("scale-up")
+    elif replicas < current.replicas:
+        parts.append("scale-down")
+    if config_changed:
+        parts.append("retune")
+    return Decision(
+        action="+".join(parts) or "hold",
+        replicas=replicas,
+        max_batch_size=size,
+        max_wait_ms=wait_ms,
+        reason=reason,
+        replicas_changed=replicas_changed,
+        config_changed=config_changed,
+        recommendations=recommendations,
+    )
+
+
+def _model_choice(fit: ServiceTimeFit, spec: TuningSpec) -> tuple[int, float]:
+    """The largest batch size whose modelled worst case ``2*t(b) + wait`` fits the budget,
+    and the wait that goes with it (its share of the target, within what the budget leaves)."""
+    budget = spec.latency_budget * spec.latency_target_s
+    min_wait = spec.min_wait_ms / 1000.0
+    best = spec.min_batch_size
+    for b in range(spec.min_batch_size, spec.max_batch_size + 1):
+        if 2 * fit.duration(b) + min_wait <= budget:
+            best = b
+        else:
+            break
+    slack = budget - 2 * fit.duration(best)
+    wait_s = _clamp(
+        min(spec.wait_share * spec.latency_target_s, slack), min_wait, spec.max_wait_ms / 1000
+    )
+    return best, round(wait_s * 1000.0, 3)
+
+
+def _choose_config(
+    obs: Observation,
+    current: CurrentState,
+    spec: TuningSpec,
+    p95_ms: float | None,
+    enough: bool,
+    overloaded: bool,
+) -> tuple[int, float, str]:
+    """The batch size and wait to run next, with the reason."""
+    target_ms = spec.latency_target_ms
+    size = int(_clamp(current.max_batch_size, spec.min_batch_size, spec.max_batch_size))
+    wait = _clamp(current.max_wait_ms, spec.min_wait_ms, spec.max_wait_ms)
+    gen = obs.min_config_generation
+    if gen is None or gen < current.generation:
+        reported = "none" if gen is None else str(gen)
+        return (
+            size,
+            wait,
+            (
+                f"config generation {current.generation} not yet in force "
+                f"(pods report {reported}): config held"
+            ),
+        )
+    if not obs.complete:
+        return size, wait, "config held on partial data"
+    if not enough or p95_ms is None:
+        return (
+            size,
+            wait,
+            (
+                f"only {obs.latency_samples:.0f} latency samples "
+                f"(< {spec.min_latency_samples}): config held"
+            ),
+        )
+    missed = p95_ms > target_ms
+    if missed and not overloaded:
+        size = math.floor(size * spec.decrease_factor)
+        wait = wait / 2
+        note = (
+            f"p95 {p95_ms:.0f} ms > target {target_ms:g} ms without overload: "
+            f"batch x{spec.decrease_factor:g}, wait halved"
+        )
+    elif missed:
+        note = (
+            f"p95 {p95_ms:.0f} ms > target {target_ms:g} ms under overload: "
+            "batch kept, replicas carry it"
+        )
+    elif p95_ms < spec.well_inside * target_ms and (
+        obs.mean_batch_size is not None and obs.mean_batch_size >= 0.8 * size
+    ):
+        size = size + spec.increase_step
+        note = (
+            f"p95 {p95_ms:.0f} ms well inside {target_ms:g} ms and batches fill: "
+            f"batch +{spec.increase_step}"
+        )
+    else:
+        note = f"p95 {p95_ms:.0f} ms within target {target_ms:g} ms"
+    fit = obs.service_fit
+    if fit is not None:
+        model_size, model_wait = _model_choice(fit, spec)
+        if model_size < size:
+            size = model_size
+            note += (
+                f"; service time t(b) = {fit.intercept_s * 1e3:.1f} + "
+                f"{fit.per_item_s * 1e3:.2f}*b ms caps batch at {model_size}"
+            )
+        if not missed:
+            wait = model_wait
+    size = int(_clamp(size, spec.min_batch_size, spec.max_batch_size))
+    wait = _clamp(wait, spec.min_wait_ms, spec.max_wait_ms)
+    return size, wait, note
+
+
+def _recommend_replicas(
+    obs: Observation, spec: TuningSpec, size: int, rate: float, demand: float
+) -> tuple[int | None, str]:
+    """Replicas that carry ``demand`` at the target utilisation, or None when the capacity of
+    a replica is unknown (no service-time fit and no busy share)."""
+    fit = obs.service_fit
+    util = obs.utilization
+    if fit is not None:
+        budget = spec.latency_budget * spec.latency_target_s
+        b = size
+        # the batch size reached under load is capped by the config and by the budget
+        while b > 1 and 2 * fit.duration(b) > budget:
+            b -= 1
+        capacity = fit.throughput(b)
+        how = f"{capacity:.0f}/s per replica at t({b}) = {fit.duration(b) * 1e3:.1f} ms"
+    elif util is not None and util > 0.05 and obs.throughput > 0:
+        capacity = (obs.throughput / obs.pods_paired) / util
+        how = f"{capacity:.0f}/s per replica from busy share {util:.2f}"
+    else:
+        return None, "no executed batches to size replicas from"
+    need = math.ceil(demand / (capacity * spec.target_utilization) - 1e-9)
+    return max(need, 1), (
+        f"demand {demand:.1f}/s (arrivals {rate:.1f}/s + queue {obs.queue_depth:.0f}), {how}, "
+        f"{need} at {spec.target_utilization:.0%} busy"
+    )
+
+
+def decide(
+    observation: Observation | None, current: CurrentState, spec: TuningSpec, now: float
+) -> Decision:
+    """The next replicas, max batch size and max wait for one BatchedModel; see the module
+    docstring for the rules. ``now`` is in the same clock as the state's times."""
+    obs = observation
+    if obs is None or obs.pods_paired == 0 or obs.window_s <= 0:
+        return _hold(current, spec, "no metrics to compare yet (first scrape or no pod answered)")
+    notes: list[str] = []
+
+    # --- how much load, and is the picture complete
+    coverage = obs.pods_paired / max(1, obs.pods_expected)
+    rate = obs.arrival_rate / coverage
+    if not obs.complete:
+        notes.append(
+            f"{obs.pods_expected - obs.pods_paired} of {obs.pods_expected} pods unobserved, "
+            f"their load assumed like the others' (scale up only)"
+        )
+    debt_rate = obs.queue_depth / spec.interval_s
+    demand = rate + debt_rate
+    p95_ms = obs.latency_p95_s * 1000 if obs.latency_p95_s is not None else None
+    enough = obs.latency_samples >= spec.min_latency_samples and p95_ms is not None
+    util = obs.utilization
+    overloaded = (util is not None and util >= spec.overload_utilization) or (
+        obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
+    )
+    missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
+
+    # --- batching config
+    size, wait, config_note = _choose_config(obs, current, spec, p95_ms, enough, overloaded)
+    notes.append(config_note)
+
+    # --- replicas: capacity of one replica at the chosen batch size
+    rec, load_note = _recommend_replicas(obs, spec, size, rate, demand)
+    if rec is None:
+        rec = current.replicas
+    if missed and overloaded:
+        rec = max(rec, current.replicas + 1)
+        load_note += "; p95 missed under overload: at least one more replica"
+    rec = int(_clamp(rec, spec.min_replicas, spec.max_replicas))
+    notes.append(load_note)
+
+    # --- stabilise: up now, down only after the delay, by a bounded step
+    keep_from = now - spec.scale_down_delay_s - spec.interval_s
+    recs = (*((t, r) for t, r in current.recommendations if t >= keep_from), (now, rec))
+    replicas = int(_clamp(current.replicas, spec.min_replicas, spec.max_replicas))
+    if rec > replicas:
+        replicas = rec
+        notes.append(f"scale up to {rec}")
+    elif rec < replicas:
+        window = [r for t, r in recs if t > now - spec.scale_down_delay_s]
+        covered = min(t for t, _ in recs) <= now - spec.scale_down_delay_s
+        recent_up = (
+            current.last_scale_up is not None
+            and now - current.last_scale_up < spec.scale_down_delay_s
+        )
+        gen = obs.min_config_generation
+        if not obs.complete or obs.pods_expected < current.replicas:
+            notes.append(f"{rec} would do, but no scale-down while pods are unobserved")
+        elif gen is None or gen < current.generation:
+            notes.append(f"{rec} would do, but no scale-down while a config change is pending")
+        elif not covered or recent_up:
+            notes.append(
+                f"{rec} would do; waiting for {spec.scale_down_delay_s:g} s of low load "
+                "before scaling down"
+            )
+        else:
+            step = max(1, math.floor(replicas * spec.scale_down_step))
+            target = max(max(window), replicas - step)
+            if target < replicas:
+                notes.append(
+                    f"load low for {spec.scale_down_delay_s:g} s: scale down to {target} "
+                    f"(highest recent need {max(window)})"
+                )
+                replicas = target
+            else:
+                notes.append(
+                    f"highest need in the last {spec.scale_down_delay_s:g} s is {max(window)}"
+                )
+    replicas = int(_clamp(replicas, spec.min_replicas, spec.max_replicas))
+    reason = "; ".join(n for n in notes if n)
+    return _decision(current, replicas, size, wait, reason, recs)

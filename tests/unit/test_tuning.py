@@ -1,0 +1,322 @@
+"""Policy: each rule of decide() on constructed observations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from batchpilot_operator.api import Autoscaling
+from batchpilot_operator.metrics import (
+    Histogram,
+    Observation,
+    PodConfig,
+    ServicePoint,
+    fit_service_time,
+)
+from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, decide
+
+# t(b) = 4 ms + 2 ms * b: with a 100 ms target and an 80% budget, 2*t(b) <= 80 ms -> b <= 18
+FIT = fit_service_time([ServicePoint(b, 0.004 + 0.002 * b, 50) for b in (2, 8, 16, 24)])
+SPEC = TuningSpec(
+    latency_target_ms=100.0,
+    min_replicas=1,
+    max_replicas=10,
+    min_batch_size=1,
+    max_batch_size=64,
+    min_wait_ms=0.0,
+    max_wait_ms=20.0,
+    interval_s=15.0,
+    scale_down_delay_s=120.0,
+)
+
+
+def latency_hist(p95_s: float, n: float = 1000.0) -> Histogram:
+    """A histogram whose interpolated p95 is ``p95_s``: 95% up to p95_s, the rest above."""
+    return Histogram(
+        buckets=((p95_s / 2, 0.5 * n), (p95_s, 0.95 * n), (p95_s * 4, n), (math.inf, n)),
+        count=n,
+        sum=n * p95_s / 2,
+    )
+
+
+def obs(
+    *,
+    rate: float = 100.0,
+    p95_ms: float | None = 50.0,
+    samples: float = 1000.0,
+    pods: int = 2,
+    paired: int | None = None,
+    missing: int = 0,
+    queue: float = 0.0,
+    batch: float = 8.0,
+    util: float = 0.5,
+    generation: int = 1,
+    fit: Any = FIT,
+) -> Observation:
+    paired = pods if paired is None else paired
+    lat = latency_hist(p95_ms / 1000, samples) if p95_ms is not None else None
+    return Observation(
+        time=1000.0,
+        window_s=15.0,
+        pods_expected=pods + missing,
+        pods_scraped=pods,
+        pods_paired=paired,
+        missing={f"gone-{i}": "timed out" for i in range(missing)},
+        restarted=(),
+        arrival_rate=rate,
+        throughput=rate,
+        outcomes={"ok": rate * 15},
+        queue_depth=queue,
+        batches=rate * 15 / batch,
+        mean_batch_size=batch,
+        mean_batch_duration_s=0.004 + 0.002 * batch,
+        utilization=util,
+        latency=lat,
+        queue_wait=None,
+        latency_p50_s=None,
+        latency_p95_s=lat.quantile(0.95) if lat is not None else None,
+        latency_p99_s=None,
+        queue_wait_p50_s=None,
+        queue_wait_p95_s=None,
+        service_points=(),
+        service_fit=fit,
+        configs={f"pod-{i}": PodConfig(8, 0.005, generation) for i in range(pods)},
+    )
+
+
+def state(**kw: Any) -> CurrentState:
+    base: dict[str, Any] = {
+        "replicas": 2,
+        "max_batch_size": 8,
+        "max_wait_ms": 5.0,
+        "generation": 1,
+    }
+    base.update(kw)
+    return CurrentState(**base)
+
+
+def test_fixture_p95_is_what_it_says() -> None:
+    o = obs(p95_ms=80.0)
+    assert o.latency_p95_s == pytest.approx(0.080)
+
+
+def test_no_observation_holds() -> None:
+    d = decide(None, state(), SPEC, now=0.0)
+    assert d.action == "hold"
+    assert not d.replicas_changed
+    assert not d.config_changed
+    assert "no metrics" in d.reason
+    d = decide(obs(paired=0), state(), SPEC, now=0.0)
+    assert d.action == "hold"
+
+
+def test_service_model_picks_largest_batch_meeting_target_and_sizes_replicas() -> None:
+    # well inside, batches fill: additive increase, capped by the model at 18
+    d = decide(obs(rate=100, p95_ms=30, batch=60), state(max_batch_size=60), SPEC, now=0.0)
+    assert d.max_batch_size == 18
+    assert d.config_changed
+    assert "caps batch at 18" in d.reason
+    # capacity per replica 18 / 40 ms = 450/s; 100/s at 70% -> 1 replica would do but
+    # scaling down waits for the delay
+    assert d.replicas == 2
+    assert "waiting" in d.reason
+
+
+def test_fast_scale_up_from_rate_and_queue() -> None:
+    # 8 at 20 ms = 400/s per replica; 2000/s + 1500 queued / 15 s = 2100/s -> 2100/280 -> 8
+    d = decide(obs(rate=2000, p95_ms=60, queue=1500, util=0.95), state(), SPEC, now=0.0)
+    assert d.replicas == 8
+    assert d.action.startswith("scale-up")
+    assert "queue 1500" in d.reason
+    assert d.reason
+
+
+def test_scale_up_is_capped_by_max_replicas() -> None:
+    d = decide(obs(rate=50_000, p95_ms=900, util=1.0), state(), SPEC, now=0.0)
+    assert d.replicas == SPEC.max_replicas
+
+
+def test_multiplicative_decrease_on_a_miss_without_overload() -> None:
+    # no service model: only the measured p95 speaks
+    d = decide(obs(p95_ms=150, util=0.5, fit=None), state(max_batch_size=20), SPEC, now=0.0)
+    assert d.max_batch_size == 14  # floor(20 * 0.7)
+    assert d.max_wait_ms == pytest.approx(2.5)
+    assert "without overload" in d.reason
+
+
+def test_a_miss_under_overload_adds_replicas_not_smaller_batches() -> None:
+    d = decide(
+        obs(rate=100, p95_ms=300, util=0.97, fit=None), state(max_batch_size=16), SPEC, now=0.0
+    )
+    assert d.max_batch_size == 16
+    assert d.replicas >= 3
+    assert "overload" in d.reason
+
+
+def test_additive_increase_only_when_batches_fill() -> None:
+    full = decide(obs(p95_ms=30, batch=8, fit=None), state(max_batch_size=8), SPEC, now=0.0)
+    assert full.max_batch_size == 10
+    sparse = decide(obs(p95_ms=30, batch=3, fit=None), state(max_batch_size=8), SPEC, now=0.0)
+    assert sparse.max_batch_size == 8
+    middling = decide(obs(p95_ms=80, batch=8, fit=None), state(max_batch_size=8), SPEC, now=0.0)
+    assert middling.max_batch_size == 8
+
+
+def test_config_not_yet_in_force_holds_the_config() -> None:
+    d = decide(obs(p95_ms=150, generation=2, fit=None), state(generation=3), SPEC, now=0.0)
+    assert not d.config_changed
+    assert "generation 3 not yet in force" in d.reason
+    assert "pods report 2" in d.reason
+
+
+def test_config_pending_still_scales_up_but_never_down() -> None:
+    up = decide(obs(rate=3000, util=0.95, generation=2), state(generation=3), SPEC, now=0.0)
+    assert up.replicas > 2
+    assert not up.config_changed
+    cur = state(replicas=6, generation=3, recommendations=((-200.0, 1), (-100.0, 1)))
+    down = decide(obs(rate=10, pods=6, generation=2), cur, SPEC, now=0.0)
+    assert down.replicas == 6
+    assert "pending" in down.reason
+
+
+def test_too_few_samples_holds_the_config() -> None:
+    d = decide(obs(p95_ms=400, samples=5, fit=None), state(max_batch_size=20), SPEC, now=0.0)
+    assert d.max_batch_size == 20
+    assert not d.config_changed
+    assert "only 5 latency samples" in d.reason
+
+
+def test_missing_pods_are_assumed_loaded_and_block_scale_down() -> None:
+    # 2 of 4 pods answered with 600/s: 1200/s assumed
+    cur = state(replicas=4)
+    d = decide(obs(rate=600, pods=2, missing=2), cur, SPEC, now=0.0)
+    assert "2 of 4 pods unobserved" in d.reason
+    assert "arrivals 1200.0/s" in d.reason
+    assert not d.config_changed
+    low = replace(cur, recommendations=((-300.0, 1), (-150.0, 1)))
+    d2 = decide(obs(rate=5, pods=2, missing=2), low, SPEC, now=0.0)
+    assert d2.replicas == 4
+    assert "unobserved" in d2.reason
+
+
+def run_ticks(
+    rates: list[float], cur: CurrentState, spec: TuningSpec = SPEC
+) -> tuple[list[Decision], CurrentState]:
+    decisions = []
+    now = 0.0
+    for r in rates:
+        d = decide(obs(rate=r, pods=cur.replicas, generation=cur.generation), cur, spec, now=now)
+        cur = d.next_state(cur, now)
+        decisions.append(d)
+        now += spec.interval_s
+    return decisions, cur
+
+
+def test_scale_down_waits_for_the_delay_then_steps() -> None:
+    # 8 replicas, load falls to what 1 carries: nothing for 120 s, then bounded steps
+    decisions, final = run_ticks([50.0] * 16, state(replicas=8))
+    replicas = [d.replicas for d in decisions]
+    first_down = next(i for i, d in enumerate(decisions) if d.replicas < 8)
+    assert first_down * SPEC.interval_s >= SPEC.scale_down_delay_s
+    steps = [a - b for a, b in zip([8, *replicas], replicas, strict=False)]
+    assert max(steps) <= 2  # 25% of 8
+    assert replicas == sorted(replicas, reverse=True)
+    assert final.replicas < 8
+    assert "scale down" in decisions[first_down].reason
+
+
+def test_scale_down_goes_only_to_the_highest_recent_need() -> None:
+    # 6 replicas; one burst at t=15 s needs 5 (no scale-up), then the load is low again
+    rates = [50.0, 1400.0] + [50.0] * 14
+    decisions, _ = run_ticks(rates, state(replicas=6))
+    assert "5 would do" in decisions[1].reason
+    for i, d in enumerate(decisions):
+        if i * SPEC.interval_s - 15.0 < SPEC.scale_down_delay_s:
+            assert d.replicas >= 5, (i, d.reason)
+    assert decisions[-1].replicas < 5
+
+
+def test_no_scale_down_soon_after_a_scale_up() -> None:
+    cur = state(
+        replicas=6, last_scale_up=-30.0, recommendations=tuple((-t, 1) for t in range(0, 300, 15))
+    )
+    d = decide(obs(rate=10, pods=6), cur, SPEC, now=0.0)
+    assert d.replicas == 6
+
+
+def test_bounds_are_always_respected() -> None:
+    spec = replace(
+        SPEC,
+        min_replicas=3,
+        max_replicas=5,
+        min_batch_size=4,
+        max_batch_size=12,
+        min_wait_ms=2.0,
+        max_wait_ms=4.0,
+    )
+    # current config out of the (new) bounds: pulled in even while holding
+    d = decide(None, state(replicas=9, max_batch_size=40, max_wait_ms=50.0), spec, now=0.0)
+    assert (d.replicas, d.max_batch_size, d.max_wait_ms) == (5, 12, 4.0)
+    assert "bounds" in d.reason
+    for o in (
+        obs(rate=1, p95_ms=5, batch=12),
+        obs(rate=50_000, p95_ms=900, util=1.0),
+        obs(p95_ms=500, util=0.2, fit=None),
+        obs(p95_ms=20, batch=12, fit=None),
+    ):
+        cur = state(replicas=3, max_batch_size=12, max_wait_ms=4.0, recommendations=((-500.0, 1),))
+        d = decide(o, cur, spec, now=0.0)
+        assert spec.min_replicas <= d.replicas <= spec.max_replicas
+        assert spec.min_batch_size <= d.max_batch_size <= spec.max_batch_size
+        assert spec.min_wait_ms <= d.max_wait_ms <= spec.max_wait_ms
+
+
+def test_next_state_bumps_generation_only_on_config_change() -> None:
+    cur = state(max_batch_size=60)
+    d = decide(obs(p95_ms=30, batch=60), cur, SPEC, now=7.0)
+    nxt = d.next_state(cur, 7.0)
+    assert d.config_changed
+    assert nxt.generation == 2
+    assert nxt.last_config_change == 7.0
+    assert nxt.recommendations[-1][0] == 7.0
+    held = decide(None, nxt, SPEC, now=8.0)
+    assert held.next_state(nxt, 8.0).generation == 2
+
+
+def test_every_decision_has_a_reason() -> None:
+    for o in (None, obs(), obs(p95_ms=None, samples=0), obs(missing=1), obs(generation=0)):
+        assert decide(o, state(), SPEC, now=0.0).reason
+
+
+def test_spec_from_the_api_and_from_the_resource_json() -> None:
+    api = Autoscaling(
+        enabled=True,
+        min_replicas=2,
+        max_replicas=7,
+        latency_target_ms=250,
+        min_batch_size=2,
+        max_batch_size=32,
+        min_wait_ms=1,
+        max_wait_ms=9,
+        interval_seconds=10,
+        scale_down_delay_seconds=60,
+    )
+    spec = TuningSpec.from_autoscaling(api)
+    assert (spec.min_replicas, spec.max_replicas, spec.latency_target_ms) == (2, 7, 250.0)
+    assert (spec.min_batch_size, spec.max_batch_size) == (2, 32)
+    assert (spec.min_wait_ms, spec.max_wait_ms) == (1.0, 9.0)
+    assert (spec.interval_s, spec.scale_down_delay_s) == (10.0, 60.0)
+    as_json = api.model_dump(by_alias=True)
+    assert TuningSpec.from_autoscaling(as_json) == spec
+    assert TuningSpec.from_autoscaling({"maxReplicas": 3}).max_replicas == 3
+    assert TuningSpec.from_autoscaling(api, target_utilization=0.5).target_utilization == 0.5
+
+
+def test_spec_refuses_inverted_bounds() -> None:
+    with pytest.raises(ValueError, match="min_replicas"):
+        TuningSpec(min_replicas=5, max_replicas=2)
+    with pytest.raises(ValueError, match="min_batch_size"):
+        TuningSpec(min_batch_size=9, max_batch_size=2)
