@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -513,6 +513,14 @@ class BatchedModel(_Base):
             "spec": dict(body.get("spec") or {}),
             "status": dict(body.get("status") or {}),
         }
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            if not any(err["loc"][:1] == ("status",) for err in exc.errors()):
+                raise
+        # A status written by someone else that does not parse must not block reconciling:
+        # the operator rewrites the fields it owns.
+        data["status"] = {}
         return cls.model_validate(data)
 
     @property

@@ -1,0 +1,330 @@
+"""Pure builders: the children of a BatchedModel as plain dicts.
+
+Every builder takes the parsed :class:`~batchpilot_operator.api.BatchedModel` and the
+:class:`~batchpilot_operator.api.TunedState` to render (the knobs the tuning loop turns:
+replicas, batch size, wait, config generation), and does no I/O. Handlers adopt the result
+(owner reference) and apply it. Unit tests compare the output with snapshot files.
+
+What goes where, so that a batching change never restarts a pod:
+- The Deployment's pod template depends only on the model, image and placement fields of the
+  spec (and carries their hash as an annotation); replicas come from the tuned state.
+- The ConfigMap carries the batching config (tuned batch size and wait, plus the spec's queue
+  and timeout) with a generation that grows on every content change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_operator.settings import OperatorSettings
+from batchpilot_runtime.config import CONFIGMAP_KEY, DEFAULT_CONFIG_PATH, BatchingConfig
+
+PORT = 8080
+CONTAINER_NAME = "runtime"
+CONFIG_DIR = str(DEFAULT_CONFIG_PATH.parent)
+CONFIG_PATH = str(DEFAULT_CONFIG_PATH)
+CACHE_DIR = "/var/cache/batchpilot"
+"""Writable model cache (an emptyDir): the root filesystem is read-only."""
+MODEL_MOUNT_DIR = "/var/lib/batchpilot/model"
+"""Where a pvc:// model's claim is mounted, read-only."""
+RUN_AS_ID = 10001
+TERMINATION_GRACE_SECONDS = 60
+PROGRESS_DEADLINE_SECONDS = 900
+
+APP_NAME = "batchpilot-runtime"
+MANAGED_BY = "batchpilot-operator"
+SPEC_HASH_ANNOTATION = "batchpilot.dev/spec-hash"
+CONFIG_GENERATION_ANNOTATION = "batchpilot.dev/config-generation"
+
+_DEFAULT_SETTINGS = OperatorSettings()
+
+
+def configmap_name(name: str) -> str:
+    """The batching ConfigMap of BatchedModel ``name``."""
+    return f"{name}-batching"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select the runtime pods of BatchedModel ``name`` (immutable)."""
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": name}
+
+
+def selector_string(name: str) -> str:
+    """:func:`selector_labels` as a label selector string (``status.selector``)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
+
+
+def labels(name: str) -> dict[str, str]:
+    """Labels of every child and of the runtime pods."""
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "batchpilot",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def _metadata(bm: BatchedModel, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": bm.namespace, "labels": labels(bm.name)}
+
+
+def runtime_image(bm: BatchedModel, settings: OperatorSettings = _DEFAULT_SETTINGS) -> str:
+    """The image the runtime container runs."""
+    return bm.spec.image or settings.runtime_image
+
+
+def spec_hash(bm: BatchedModel, settings: OperatorSettings = _DEFAULT_SETTINGS) -> str:
+    """Hash of every spec field that shapes the pod template (not batching, not replicas).
+
+    Stored as a pod-template annotation: a new value means a new rollout.
+    """
+    spec = bm.spec
+    relevant = {
+        "model": spec.model.model_dump(by_alias=True, exclude_none=True),
+        "image": runtime_image(bm, settings),
+        "resources": spec.resources.model_dump(by_alias=True, exclude_none=True),
+        "gpuResourceName": spec.gpu_resource_name,
+        "nodeSelector": spec.node_selector or {},
+        "tolerations": [
+            t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations or []
+        ],
+        "env": [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env or []],
+    }
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+    return digest[:16]
+
+
+def model_argument(bm: BatchedModel) -> str:
+    """The runtime's ``--model`` value: revision folded into hf:// URIs (``hf://org/name@rev``);
+    pvc:// URIs become a file:// path under the claim's read-only mount."""
+    model = bm.spec.model
+    if model.uri.startswith("hf://") and model.revision:
+        return f"{model.uri}@{model.revision}"
+    if model.uri.startswith("pvc://"):
+        _claim, _, path = model.uri.removeprefix("pvc://").partition("/")
+        return f"file://{MODEL_MOUNT_DIR}/{path}".rstrip("/")
+    return model.uri
+
+
+def _pvc_claim(bm: BatchedModel) -> str | None:
+    uri = bm.spec.model.uri
+    return uri.removeprefix("pvc://").partition("/")[0] if uri.startswith("pvc://") else None
+
+
+def _env(bm: BatchedModel) -> list[dict[str, Any]]:
+    model = bm.spec.model
+    env: list[dict[str, Any]] = []
+    if model.dtype != "auto":
+        env.append({"name": "BATCHPILOT_DTYPE", "value": model.dtype})
+    if model.trust_remote_code:
+        env.append({"name": "BATCHPILOT_TRUST_REMOTE_CODE", "value": "true"})
+    env += [e.model_dump(by_alias=True, exclude_none=True) for e in bm.spec.env or []]
+    return env
+
+
+def _resources(bm: BatchedModel) -> dict[str, Any]:
+    res = bm.spec.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if res.gpus > 0:
+        requests[bm.spec.gpu_resource_name] = limits[bm.spec.gpu_resource_name] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+
+
+def _container(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": runtime_image(bm, settings),
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": [
+            "--model",
+            model_argument(bm),
+            "--task",
+            bm.spec.model.task,
+            "--name",
+            bm.name,
+            "--config",
+            CONFIG_PATH,
+            "--port",
+            str(PORT),
+        ],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        # Model loading (and a first download) can take minutes: the startup probe holds the
+        # liveness probe off until the server answers, for up to 10 minutes.
+        "startupProbe": _probe("/v2/health/live", period=5, failures=120),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "batching", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "cache", "mountPath": CACHE_DIR},
+        ],
+    }
+    env = _env(bm)
+    if env:
+        container["env"] = env
+    resources = _resources(bm)
+    if resources:
+        container["resources"] = resources
+    if _pvc_claim(bm):
+        container["volumeMounts"].append(
+            {"name": "model", "mountPath": MODEL_MOUNT_DIR, "readOnly": True}
+        )
+    return container
+
+
+def desired_deployment(
+    bm: BatchedModel, state: TunedState, settings: OperatorSettings = _DEFAULT_SETTINGS
+) -> dict[str, Any]:
+    """The runtime Deployment ``<name>``: ``state.replicas`` pods running the model."""
+    spec = bm.spec
+    volumes: list[dict[str, Any]] = [
+        # The whole ConfigMap is mounted (never with subPath, which kubelet does not refresh).
+        {"name": "batching", "configMap": {"name": configmap_name(bm.name)}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    claim = _pvc_claim(bm)
+    if claim:
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_ID,
+            "runAsGroup": RUN_AS_ID,
+            "fsGroup": RUN_AS_ID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(bm, settings)],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(bm, bm.name),
+        "spec": {
+            "replicas": state.replicas,
+            "selector": {"matchLabels": selector_labels(bm.name)},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+            # Keep serving capacity during a model change: surge, never go below desired.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(bm.name),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(PORT),
+                        "prometheus.io/path": "/metrics",
+                        SPEC_HASH_ANNOTATION: spec_hash(bm, settings),
+                    },
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def desired_service(bm: BatchedModel, state: TunedState) -> dict[str, Any]:
+    """The Service ``<name>``: port 8080 (named http) in front of the runtime pods."""
+    del state  # the Service does not depend on the tuned state; same signature as the others
+    meta = _metadata(bm, bm.name)
+    meta["annotations"] = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(bm.name),
+            "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def desired_batching_config(bm: BatchedModel, state: TunedState) -> BatchingConfig:
+    """The runtime's batching config for ``state`` (generation included)."""
+    return state.batching_config(bm.spec)
+
+
+def desired_configmap(bm: BatchedModel, state: TunedState) -> dict[str, Any]:
+    """The ConfigMap ``<name>-batching`` holding ``batching.json`` (the runtime contract)."""
+    config = desired_batching_config(bm, state)
+    meta = _metadata(bm, configmap_name(bm.name))
+    meta["annotations"] = {CONFIG_GENERATION_ANNOTATION: str(config.generation)}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {CONFIGMAP_KEY: config.to_json()},
+    }
+
+
+def desired_children(
+    bm: BatchedModel, state: TunedState, settings: OperatorSettings = _DEFAULT_SETTINGS
+) -> list[dict[str, Any]]:
+    """Every child, in apply order: the ConfigMap first (the pods mount it)."""
+    return [
+        desired_configmap(bm, state),
+        desired_deployment(bm, state, settings),
+        desired_service(bm, state),
+    ]
+
+
+def configmap_config(configmap: dict[str, Any] | None) -> BatchingConfig | None:
+    """The batching config a live ConfigMap holds, or None if absent or unreadable."""
+    if not configmap:
+        return None
+    text = (configmap.get("data") or {}).get(CONFIGMAP_KEY)
+    if not text:
+        return None
+    try:
+        return BatchingConfig.from_json(text)
+    except ValueError:
+        return None

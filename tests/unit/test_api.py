@@ -1,0 +1,164 @@
+"""The BatchedModel API: parsing, validation rules and the tuned state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from batchpilot_operator.api import (
+    BatchedModel,
+    BatchedModelSpec,
+    BatchedModelStatus,
+    TunedState,
+    resolve_state,
+    settle_generation,
+)
+from batchpilot_runtime.config import BatchingConfig
+
+BASIC: dict[str, Any] = {"model": {"uri": "hf://org/model", "task": "embedding"}}
+
+
+def spec(**changes: Any) -> BatchedModelSpec:
+    return BatchedModelSpec.model_validate({**BASIC, **changes})
+
+
+def test_defaults() -> None:
+    s = spec()
+    assert (s.replicas, s.gpu_resource_name, s.model.dtype, s.model.trust_remote_code) == (
+        1,
+        "nvidia.com/gpu",
+        "auto",
+        False,
+    )
+    assert (s.batching.max_batch_size, s.batching.max_wait_ms) == (32, 5.0)
+    assert s.autoscaling.enabled is False
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "hf://sentence-transformers/all-MiniLM-L6-v2",
+        "hf://gpt2",
+        "file:///models/bert",
+        "pvc://models/bert/base",
+        "pvc://models",
+    ],
+)
+def test_model_uris_accepted(uri: str) -> None:
+    assert spec(model={"uri": uri, "task": "embedding"}).model.uri == uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://bucket/m", "hf://", "file://relative", "pvc://Bad_Claim/x", "org/name", "hf://a/b/c"],
+)
+def test_model_uris_refused(uri: str) -> None:
+    with pytest.raises(ValidationError, match="uri"):
+        spec(model={"uri": uri, "task": "embedding"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"model": {"uri": "hf://a/b", "task": "translation"}}, "task"),
+        ({"replicas": -1}, "replicas"),
+        ({"replicas": "two"}, "replicas"),
+        ({"batching": {"maxBatchSize": 0}}, "maxBatchSize"),
+        ({"batching": {"maxWaitMs": -1}}, "maxWaitMs"),
+        ({"resources": {"cpu": "lots"}}, "cpu"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+        ({"autoscaling": {"minBatchSize": 64, "maxBatchSize": 8}}, "minBatchSize"),
+        ({"autoscaling": {"minWaitMs": 10, "maxWaitMs": 1}}, "minWaitMs"),
+        (
+            {
+                "env": [
+                    {
+                        "name": "A",
+                        "value": "1",
+                        "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
+                    }
+                ]
+            },
+            "valueFrom",
+        ),
+        ({"env": [{"name": "A", "valueFrom": {}}]}, "secretKeyRef"),
+    ],
+)
+def test_invalid_specs_are_refused_naming_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        spec(**changes)
+
+
+def test_missing_model_is_refused() -> None:
+    with pytest.raises(ValidationError, match="model"):
+        BatchedModelSpec.model_validate({"replicas": 1})
+
+
+def test_from_body_tolerates_a_foreign_status() -> None:
+    body = {
+        "metadata": {"name": "m", "namespace": "ns", "generation": 2},
+        "spec": BASIC,
+        "status": {"conditions": [{"type": "Ready"}], "tuned": "garbage"},
+    }
+    bm = BatchedModel.from_body(body)
+    assert bm.status == BatchedModelStatus()
+    assert (bm.name, bm.namespace, bm.metadata.generation) == ("m", "ns", 2)
+
+
+def test_tuned_state_round_trips_through_status() -> None:
+    state = TunedState(3, 16, 2.5, 7)
+    status = BatchedModelStatus.model_validate({"tuned": state.to_status()})
+    assert TunedState.from_status(status) == state
+    assert state.to_status() == {
+        "replicas": 3,
+        "maxBatchSize": 16,
+        "maxWaitMs": 2.5,
+        "configGeneration": 7,
+    }
+    assert TunedState.from_status(BatchedModelStatus()) is None
+
+
+def test_state_follows_the_spec_when_autoscaling_is_off() -> None:
+    s = spec(replicas=3, batching={"maxBatchSize": 8, "maxWaitMs": 1})
+    assert resolve_state(s, None) == TunedState(3, 8, 1.0, 0)
+    assert resolve_state(s, TunedState(9, 99, 9.0, 4)) == TunedState(3, 8, 1.0, 4)
+
+
+def test_state_is_kept_within_bounds_when_autoscaling_is_on() -> None:
+    bounds = {
+        "enabled": True,
+        "minReplicas": 2,
+        "maxReplicas": 5,
+        "minBatchSize": 4,
+        "maxBatchSize": 64,
+        "minWaitMs": 1,
+        "maxWaitMs": 10,
+    }
+    s = spec(replicas=1, batching={"maxBatchSize": 128, "maxWaitMs": 0}, autoscaling=bounds)
+    # The starting point is the spec, clamped.
+    assert resolve_state(s, None) == TunedState(2, 64, 1.0, 0)
+    # The loop's state is kept while inside the bounds ...
+    assert resolve_state(s, TunedState(4, 32, 5.0, 6)) == TunedState(4, 32, 5.0, 6)
+    # ... and pulled inside when the bounds are edited.
+    assert resolve_state(s, TunedState(9, 2, 50.0, 6)) == TunedState(5, 4, 10.0, 6)
+
+
+def test_config_generation_grows_only_on_content_change() -> None:
+    s = spec(batching={"maxBatchSize": 8})
+    fresh = settle_generation(TunedState(1, 8, 5.0, 0), s, None)
+    assert fresh.config_generation == 1
+    written = fresh.batching_config(s)
+    # Same content: the written generation stays.
+    assert settle_generation(fresh, s, written).config_generation == 1
+    # New content: one above both the written and the persisted generation.
+    changed = TunedState(1, 16, 5.0, 1)
+    assert settle_generation(changed, s, written).config_generation == 2
+    ahead = BatchingConfig(maxBatchSize=99, generation=40)
+    assert settle_generation(changed, s, ahead).config_generation == 41
+    # A vanished ConfigMap is re-issued under a new number, never an old one.
+    assert settle_generation(TunedState(1, 8, 5.0, 5), s, None).config_generation == 6
+    # maxQueue and requestTimeoutMs are content too.
+    s2 = spec(batching={"maxBatchSize": 8, "maxQueue": 10})
+    assert settle_generation(fresh, s2, written).config_generation == 2
