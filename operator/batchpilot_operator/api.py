@@ -9,7 +9,7 @@ OpenAPI schema, and the rules that span several fields are written twice, once a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -419,6 +419,14 @@ class LastDecision(_Base):
     reason: str | None = Field(default=None, max_length=4096, description="Why.")
 
 
+class SpecBasis(_Base):
+    """The spec values a tuned state was last started from."""
+
+    replicas: int = Field(ge=0, description="spec.replicas.")
+    max_batch_size: int = Field(ge=1, description="spec.batching.maxBatchSize.")
+    max_wait_ms: float = Field(ge=0.0, description="spec.batching.maxWaitMs.")
+
+
 class TunedStatus(_Base):
     """The operator's current tuned state: the values its builders render the children from."""
 
@@ -427,6 +435,13 @@ class TunedStatus(_Base):
     max_wait_ms: float = Field(ge=0.0, description="maxWaitMs written to the ConfigMap.")
     config_generation: int = Field(
         ge=0, description="generation of the ConfigMap's batching config."
+    )
+    from_spec: SpecBasis | None = Field(
+        default=None,
+        description=(
+            "The spec values these were started from: an edit of spec.replicas or "
+            "spec.batching restarts the tuning from the new value."
+        ),
     )
 
 
@@ -541,22 +556,24 @@ class TunedState:
 
     Initialised from the spec, persisted in ``status.tuned``, and passed to every builder in
     :mod:`batchpilot_operator.desired`. With autoscaling disabled it always equals the spec;
-    with autoscaling enabled the loop owns it, within the spec's bounds.
+    with autoscaling enabled the loop owns it, within the spec's bounds, and an edit of
+    ``spec.replicas`` or ``spec.batching`` restarts it from the new value (``basis`` records
+    the spec values it started from). To change it, derive a new one with
+    ``dataclasses.replace(state, replicas=..., max_batch_size=..., max_wait_ms=...)``; the
+    reconciler settles ``config_generation`` against the ConfigMap.
     """
 
     replicas: int
     max_batch_size: int
     max_wait_ms: float
     config_generation: int = 0
+    basis: tuple[int, int, float] | None = field(default=None, compare=False)
+    """(spec.replicas, spec.batching.maxBatchSize, spec.batching.maxWaitMs) at the start."""
 
     @classmethod
     def from_spec(cls, spec: BatchedModelSpec, config_generation: int = 0) -> TunedState:
-        state = cls(
-            replicas=spec.replicas,
-            max_batch_size=spec.batching.max_batch_size,
-            max_wait_ms=spec.batching.max_wait_ms,
-            config_generation=config_generation,
-        )
+        basis = _basis(spec)
+        state = cls(*basis, config_generation=config_generation, basis=basis)
         return state.clamped(spec) if spec.autoscaling.enabled else state
 
     @classmethod
@@ -564,24 +581,34 @@ class TunedState:
         if status.tuned is None:
             return None
         t = status.tuned
-        return cls(t.replicas, t.max_batch_size, t.max_wait_ms, t.config_generation)
+        basis = None
+        if t.from_spec is not None:
+            b = t.from_spec
+            basis = (b.replicas, b.max_batch_size, b.max_wait_ms)
+        return cls(t.replicas, t.max_batch_size, t.max_wait_ms, t.config_generation, basis)
 
     def to_status(self) -> dict[str, Any]:
+        from_spec = None
+        if self.basis is not None:
+            from_spec = SpecBasis(
+                replicas=self.basis[0], max_batch_size=self.basis[1], max_wait_ms=self.basis[2]
+            )
         return TunedStatus(
             replicas=self.replicas,
             max_batch_size=self.max_batch_size,
             max_wait_ms=self.max_wait_ms,
             config_generation=self.config_generation,
-        ).model_dump(by_alias=True)
+            from_spec=from_spec,
+        ).model_dump(by_alias=True, exclude_none=True)
 
     def clamped(self, spec: BatchedModelSpec) -> TunedState:
         """Within the autoscaling bounds of ``spec``."""
         a = spec.autoscaling
-        return TunedState(
+        return replace(
+            self,
             replicas=min(max(self.replicas, a.min_replicas), a.max_replicas),
             max_batch_size=min(max(self.max_batch_size, a.min_batch_size), a.max_batch_size),
             max_wait_ms=min(max(self.max_wait_ms, a.min_wait_ms), a.max_wait_ms),
-            config_generation=self.config_generation,
         )
 
     def batching_config(self, spec: BatchedModelSpec) -> BatchingConfig:
@@ -595,17 +622,34 @@ class TunedState:
         )
 
 
+def _basis(spec: BatchedModelSpec) -> tuple[int, int, float]:
+    return (spec.replicas, spec.batching.max_batch_size, spec.batching.max_wait_ms)
+
+
 def resolve_state(spec: BatchedModelSpec, previous: TunedState | None) -> TunedState:
     """The tuned state to render now, from the spec and the state persisted in status.
 
-    Autoscaling disabled: the spec's values (the previous config generation is kept; the
-    generation is settled against the ConfigMap by :func:`settle_generation`). Enabled: the
-    previous state kept within the (possibly edited) bounds, or the spec's values clamped.
+    Autoscaling disabled: the spec's values. Enabled: the previous state, except where the
+    user edited the spec value it started from, kept within the (possibly edited) bounds; or
+    the spec's values, clamped, the first time. The previous config generation is kept; it is
+    settled against the ConfigMap by :func:`settle_generation`.
     """
     generation = previous.config_generation if previous else 0
     if previous is None or not spec.autoscaling.enabled:
         return TunedState.from_spec(spec, generation)
-    return previous.clamped(spec)
+    now = _basis(spec)
+    then = previous.basis or now
+    replicas, batch, wait = (
+        new if new != old else kept
+        for new, old, kept in zip(
+            now,
+            then,
+            (previous.replicas, previous.max_batch_size, previous.max_wait_ms),
+            strict=True,
+        )
+    )
+    state = TunedState(int(replicas), int(batch), float(wait), generation, basis=now)
+    return state.clamped(spec)
 
 
 def settle_generation(
@@ -629,4 +673,4 @@ def _content(config: BatchingConfig) -> dict[str, Any]:
 
 
 def _with_generation(state: TunedState, generation: int) -> TunedState:
-    return TunedState(state.replicas, state.max_batch_size, state.max_wait_ms, generation)
+    return replace(state, config_generation=generation)

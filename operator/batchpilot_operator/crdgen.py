@@ -165,18 +165,21 @@ def _model_schema(model: type[api._Base]) -> dict[str, Any]:
     return structural(raw, raw.get("$defs", {}))
 
 
-def _default_empty_objects(node: dict[str, Any]) -> None:
-    """Give optional object fields whose members all have defaults ``default: {}``.
+def _default_objects(node: dict[str, Any]) -> None:
+    """Default optional object fields whose members all have defaults to those defaults.
 
-    The API server applies defaults only inside objects that exist; defaulting the object
-    itself to ``{}`` makes ``kubectl get -o yaml`` show every effective value.
+    The API server applies defaults only inside objects that exist, and validates a default
+    (CEL rules included) as written; spelling the whole default out makes an omitted
+    ``batching`` or ``autoscaling`` appear, complete, in ``kubectl get -o yaml``.
     """
     required = set(node.get("required", ()))
     for key, child in node.get("properties", {}).items():
         if child.get("type") == "object" and "properties" in child:
-            _default_empty_objects(child)
+            _default_objects(child)
             if key not in required and not child.get("required"):
-                child["default"] = {}
+                child["default"] = {
+                    k: v["default"] for k, v in child["properties"].items() if "default" in v
+                }
 
 
 def _strip_defaults(node: dict[str, Any]) -> None:
@@ -190,7 +193,7 @@ def _strip_defaults(node: dict[str, Any]) -> None:
 def openapi_schema() -> dict[str, Any]:
     """The CRD version's ``openAPIV3Schema``."""
     spec = _model_schema(api.BatchedModelSpec)
-    _default_empty_objects(spec)
+    _default_objects(spec)
     status = _model_schema(api.BatchedModelStatus)
     _strip_defaults(status)
     conditions = status["properties"]["conditions"]
@@ -214,7 +217,7 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "The versioned schema of this representation of an object.",
             },
             "kind": {"type": "string", "description": "The REST resource this object represents."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},  # the API server allows nothing more here
             "spec": spec,
             "status": status,
         },

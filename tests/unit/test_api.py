@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -108,14 +109,18 @@ def test_from_body_tolerates_a_foreign_status() -> None:
 
 
 def test_tuned_state_round_trips_through_status() -> None:
-    state = TunedState(3, 16, 2.5, 7)
+    state = TunedState(3, 16, 2.5, 7, basis=(2, 32, 5.0))
     status = BatchedModelStatus.model_validate({"tuned": state.to_status()})
-    assert TunedState.from_status(status) == state
+    back = TunedState.from_status(status)
+    assert back == state
+    assert back is not None
+    assert back.basis == (2, 32, 5.0)
     assert state.to_status() == {
         "replicas": 3,
         "maxBatchSize": 16,
         "maxWaitMs": 2.5,
         "configGeneration": 7,
+        "fromSpec": {"replicas": 2, "maxBatchSize": 32, "maxWaitMs": 5.0},
     }
     assert TunedState.from_status(BatchedModelStatus()) is None
 
@@ -162,3 +167,21 @@ def test_config_generation_grows_only_on_content_change() -> None:
     # maxQueue and requestTimeoutMs are content too.
     s2 = spec(batching={"maxBatchSize": 8, "maxQueue": 10})
     assert settle_generation(fresh, s2, written).config_generation == 2
+
+
+def test_a_spec_edit_restarts_the_tuning_from_the_new_value() -> None:
+    auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 8}
+    s1 = spec(replicas=2, batching={"maxBatchSize": 32, "maxWaitMs": 5}, autoscaling=auto)
+    start = resolve_state(s1, None)
+    assert start.basis == (2, 32, 5.0)
+    tuned = replace(start, replicas=6, max_batch_size=64, max_wait_ms=12.0)
+    # Unrelated spec edits keep what the loop chose.
+    assert resolve_state(s1, tuned) == tuned
+    # The user edits the batch size: it restarts from there; the loop's other knobs stay.
+    s2 = spec(replicas=2, batching={"maxBatchSize": 16, "maxWaitMs": 5}, autoscaling=auto)
+    assert resolve_state(s2, tuned) == TunedState(6, 16, 12.0, 0)
+    # kubectl scale bm --replicas=3 writes spec.replicas: the new starting point.
+    s3 = spec(replicas=3, batching={"maxBatchSize": 32, "maxWaitMs": 5}, autoscaling=auto)
+    assert resolve_state(s3, tuned).replicas == 3
+    # A state persisted without a basis keeps the loop's values.
+    assert resolve_state(s2, replace(tuned, basis=None)) == tuned

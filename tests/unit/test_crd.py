@@ -80,8 +80,14 @@ def test_validation_rules_and_bounds() -> None:
     assert spec["batching"]["properties"]["maxBatchSize"]["minimum"] == 1
     assert spec["batching"]["properties"]["maxBatchSize"]["maximum"] == 4096
     assert spec["replicas"]["minimum"] == 0
-    for key in ("resources", "batching", "autoscaling"):
-        assert spec[key]["default"] == {}, key
+    assert spec["resources"]["default"] == {"gpus": 0}
+    assert spec["batching"]["default"] == {
+        "maxBatchSize": 32,
+        "maxWaitMs": 5.0,
+        "maxQueue": 1024,
+        "requestTimeoutMs": 30000.0,
+    }
+    assert spec["autoscaling"]["default"]["enabled"] is False
     assert "metadata.name" in schema["x-kubernetes-validations"][0]["message"]
     conditions = schema["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]

@@ -1,0 +1,544 @@
+"""Thin kopf handlers around one level-triggered, idempotent reconcile: :func:`converge`.
+
+Every path that may need action ends in :func:`converge` for the BatchedModel concerned:
+its create/update/resume handlers, a periodic resync timer, and watches on the children
+(Deployments, Services, ConfigMaps, pods) that map an event back to the owner. ``converge``
+reads the BatchedModel afresh, resolves the tuned state (spec + ``status.tuned``), renders the
+children with the pure builders of :mod:`batchpilot_operator.desired`, compares each with the
+live object and applies it (server-side apply, forced) only where it drifted, then writes the
+status fields it owns only if they changed.
+
+Runs for one BatchedModel are serialised by a per-object lock, and a trigger that arrives
+while another run is already waiting is folded into it. The tuning loop (a timer) plugs in
+through ``converge(..., adjust=...)``: a function of (BatchedModel, TunedState) returning the
+new TunedState, applied under the same lock, so a decision and a spec edit never race.
+
+Handlers are synchronous (kopf runs them in its thread pool) because the kubernetes client
+is; an async timer can call ``await asyncio.to_thread(converge, ...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+import kubernetes
+import urllib3
+from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from batchpilot_operator import api, conditions, desired
+from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_operator.settings import OperatorSettings
+from batchpilot_runtime.config import BatchingConfig
+
+FIELD_MANAGER = "batchpilot-operator"
+LOGGER = logging.getLogger("batchpilot.operator")
+SETTINGS = OperatorSettings.from_env()
+BM = (api.GROUP, api.VERSION, api.PLURAL)
+Log = logging.Logger | logging.LoggerAdapter[Any]
+OWNED = {"app.kubernetes.io/managed-by": desired.MANAGED_BY}
+
+Adjust = Callable[[BatchedModel, TunedState], TunedState]
+
+
+class TransientError(Exception):
+    """An API failure worth retrying (server errors, throttling, timeouts, conflicts)."""
+
+
+class PermanentError(Exception):
+    """An API failure that retrying the same request will not fix (invalid object)."""
+
+
+@dataclass
+class Reconciled:
+    """What one :func:`converge` run did."""
+
+    state: TunedState
+    actions: list[str] = field(default_factory=list)
+    status_patch: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- API access
+
+
+class Clients:
+    """The kubernetes API groups the reconciler uses, on one shared connection pool."""
+
+    def __init__(self, client: ApiClient | None = None) -> None:
+        self.client = client or ApiClient()
+        self.core = CoreV1Api(self.client)
+        self.apps = AppsV1Api(self.client)
+        self.custom = CustomObjectsApi(self.client)
+
+
+_clients: Clients | None = None
+_clients_lock = threading.Lock()
+
+
+def clients() -> Clients:
+    """The process-wide clients, configured from the kubeconfig or the pod's service account."""
+    global _clients
+    with _clients_lock:
+        if _clients is None:
+            kubernetes.config.load_config()  # type: ignore[no-untyped-call]
+            _clients = Clients()
+        return _clients
+
+
+def _classify(exc: Exception) -> Exception:
+    """Map a client exception to :class:`TransientError` or :class:`PermanentError`."""
+    if isinstance(exc, ApiException):
+        detail = f"{exc.status} {exc.reason}: {_api_message(exc)}"
+        if exc.status in (400, 403, 422):
+            return PermanentError(detail)
+        return TransientError(detail)  # 404 of a child mid-delete, 409, 429, 5xx, ...
+    return TransientError(f"{type(exc).__name__}: {exc}")
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.body)
+    except ValueError:
+        return str(exc.body)
+
+
+_NETWORK_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """GET an object as a plain dict; None if it does not exist."""
+    try:
+        response = fn(*args, _preload_content=False, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return _json(response)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    """The body of a raw (``_preload_content=False``) response as a plain dict, with the
+    API's own field names: faster than the client's models, and nothing dropped."""
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+# ------------------------------------------------------------------------------ comparison
+
+
+def drift(want: Any, have: Any, path: str = "") -> list[str]:
+    """Paths where ``have`` does not carry ``want`` (fields only ``have`` has are fine:
+    the API server adds defaults, and others may own fields the operator does not set)."""
+    if isinstance(want, Mapping):
+        if not isinstance(have, Mapping):
+            return [path or "."]
+        out: list[str] = []
+        for key, value in want.items():
+            out += drift(value, have.get(key), f"{path}.{key}")
+        return out
+    if isinstance(want, list):
+        if not isinstance(have, list) or len(want) != len(have):
+            return [path or "."]
+        out = []
+        for i, (w, h) in enumerate(zip(want, have, strict=True)):
+            out += drift(w, h, f"{path}[{i}]")
+        return out
+    if want == have or (str(want) == str(have) and not isinstance(want, bool)):
+        return []
+    return [path or "."]
+
+
+# ------------------------------------------------------------------------------- reconcile
+
+
+@dataclass
+class _Slot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: bool = False
+
+
+_slots: dict[tuple[str, str], _Slot] = {}
+_slots_lock = threading.Lock()
+
+
+def converge(
+    namespace: str,
+    name: str,
+    *,
+    logger: Log = LOGGER,
+    adjust: Adjust | None = None,
+    extra_status: Mapping[str, Any] | None = None,
+    coalesce: bool = False,
+    settings: OperatorSettings | None = None,
+    api_clients: Clients | None = None,
+) -> Reconciled | None:
+    """Bring the children and status of one BatchedModel in line with its spec.
+
+    Returns None if the object is gone (or folded into a run already waiting, with
+    ``coalesce``). Raises :class:`TransientError` or :class:`PermanentError` on API failures,
+    after recording them in the Degraded condition when the API lets it.
+    """
+    key = (namespace, name)
+    with _slots_lock:
+        slot = _slots.setdefault(key, _Slot())
+        if coalesce and slot.waiting:
+            return None
+        slot.waiting = True
+    with slot.lock:
+        with _slots_lock:
+            slot.waiting = False
+        return _converge_locked(
+            namespace,
+            name,
+            logger=logger,
+            adjust=adjust,
+            extra_status=extra_status,
+            settings=settings or SETTINGS,
+            c=api_clients or clients(),
+        )
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop the per-object bookkeeping of a deleted BatchedModel."""
+    with _slots_lock:
+        _slots.pop((namespace, name), None)
+
+
+def _converge_locked(
+    namespace: str,
+    name: str,
+    *,
+    logger: Log,
+    adjust: Adjust | None,
+    extra_status: Mapping[str, Any] | None,
+    settings: OperatorSettings,
+    c: Clients,
+) -> Reconciled | None:
+    try:
+        body = _read(
+            c.custom.get_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            name,
+        )
+    except _NETWORK_ERRORS as exc:
+        raise _classify(exc) from exc
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None  # the garbage collector removes the children through owner references
+    bm = BatchedModel.from_body(body)
+    try:
+        return _apply(bm, body, logger=logger, adjust=adjust, extra=extra_status, s=settings, c=c)
+    except _NETWORK_ERRORS as exc:
+        error = _classify(exc)
+        _record_failure(bm, body, error, c, logger)
+        raise error from exc
+
+
+def _apply(
+    bm: BatchedModel,
+    body: dict[str, Any],
+    *,
+    logger: Log,
+    adjust: Adjust | None,
+    extra: Mapping[str, Any] | None,
+    s: OperatorSettings,
+    c: Clients,
+) -> Reconciled:
+    ns, name = bm.namespace, bm.name
+    state = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
+    if adjust is not None:
+        state = adjust(bm, state)
+    live_cm = _read(c.core.read_namespaced_config_map, desired.configmap_name(name), ns)
+    state = api.settle_generation(state, bm.spec, _written_config(live_cm))
+
+    wanted = desired.desired_children(bm, state, s)
+    kopf.adopt(wanted, owner=_kopf_body(body))
+    result = Reconciled(state)
+    deployment: dict[str, Any] | None = None
+    for child in wanted:
+        live = live_cm if child["kind"] == "ConfigMap" else _read_child(c, child)
+        applied, action = _ensure(c, child, live)
+        if action:
+            result.actions.append(action)
+            _event(body, "Normal", action.split()[0], action, logger)
+        if child["kind"] == "Deployment":
+            deployment = applied
+
+    ready_and_done = _settled(deployment, state.replicas)
+    pods: list[dict[str, Any]] = []
+    if not ready_and_done:
+        selector = desired.selector_string(name)
+        listing = c.core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
+        pods = _json(listing).get("items", [])
+    observed = conditions.Observed(deployment, pods)
+    now = conditions.now_rfc3339()
+    wanted_status = conditions.build_status(bm, state, observed, now)
+    if extra:
+        wanted_status.update(extra)
+    patch = conditions.status_patch(body.get("status"), wanted_status)
+    if patch:
+        _patch_status(c, bm, patch)
+        _note_transitions(body, body.get("status") or {}, patch, logger)
+    result.status_patch = patch
+    return result
+
+
+def _written_config(live_cm: dict[str, Any] | None) -> BatchingConfig | None:
+    config = desired.configmap_config(live_cm)
+    if config is None and live_cm is not None:
+        # Unreadable document: still never go below the generation it was stamped with.
+        annotations = live_cm.get("metadata", {}).get("annotations") or {}
+        stamped = annotations.get(desired.CONFIG_GENERATION_ANNOTATION, "")
+        if stamped.isdigit():
+            return BatchingConfig(generation=int(stamped), maxQueue=1, maxBatchSize=1)
+    return config
+
+
+def _settled(deployment: dict[str, Any] | None, replicas: int) -> bool:
+    if deployment is None:
+        return False
+    st = deployment.get("status") or {}
+    gen_seen = (st.get("observedGeneration") or 0) >= deployment["metadata"].get("generation", 0)
+    return bool(
+        gen_seen
+        and (st.get("readyReplicas") or 0) >= replicas
+        and (st.get("updatedReplicas") or 0) == (st.get("replicas") or 0) == replicas
+    )
+
+
+def _read_child(c: Clients, child: dict[str, Any]) -> dict[str, Any] | None:
+    meta = child["metadata"]
+    if child["kind"] == "Deployment":
+        return _read(c.apps.read_namespaced_deployment, meta["name"], meta["namespace"])
+    if child["kind"] == "Service":
+        return _read(c.core.read_namespaced_service, meta["name"], meta["namespace"])
+    return _read(c.core.read_namespaced_config_map, meta["name"], meta["namespace"])
+
+
+def _ensure(
+    c: Clients, child: dict[str, Any], live: dict[str, Any] | None
+) -> tuple[dict[str, Any], str | None]:
+    """Server-side apply ``child`` if it is missing or drifted; the live object and what
+    was done (None if nothing changed)."""
+    kind, name = child["kind"], child["metadata"]["name"]
+    if live is not None:
+        drifted = drift(child, live)
+        if not drifted:
+            return live, None
+    apply = {
+        "Deployment": c.apps.patch_namespaced_deployment,
+        "Service": c.core.patch_namespaced_service,
+        "ConfigMap": c.core.patch_namespaced_config_map,
+    }[kind]
+    response = apply(
+        name,
+        child["metadata"]["namespace"],
+        child,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+        _preload_content=False,
+    )
+    applied = _json(response)
+    if live is None:
+        return applied, f"Created {kind} {name}"
+    if applied["metadata"].get("resourceVersion") == live["metadata"].get("resourceVersion"):
+        return applied, None  # the comparison saw a difference the server normalises away
+    fields = ", ".join(p.lstrip(".") for p in drifted[:4])
+    return applied, f"Updated {kind} {name} ({fields})"
+
+
+def _patch_status(c: Clients, bm: BatchedModel, patch: Mapping[str, Any]) -> None:
+    c.custom.patch_namespaced_custom_object_status(
+        api.GROUP,
+        api.VERSION,
+        bm.namespace,
+        api.PLURAL,
+        bm.name,
+        {"status": dict(patch)},
+        _content_type="application/merge-patch+json",
+    )
+
+
+def _note_transitions(
+    body: dict[str, Any],
+    before: Mapping[str, Any],
+    patch: Mapping[str, Any],
+    logger: Log,
+) -> None:
+    """An Event when Ready or Degraded changes status or reason."""
+    old = {c.get("type"): c for c in before.get("conditions") or []}
+    for cond in patch.get("conditions") or []:
+        if cond["type"] not in (conditions.READY, conditions.DEGRADED):
+            continue
+        prev = old.get(cond["type"], {})
+        if (prev.get("status"), prev.get("reason")) == (cond["status"], cond["reason"]):
+            continue
+        bad = (cond["type"] == conditions.DEGRADED) == (cond["status"] == "True")
+        _event(
+            body,
+            "Warning" if bad else "Normal",
+            cond["reason"],
+            f"{cond['type']}={cond['status']}: {cond['message']}",
+            logger,
+        )
+
+
+def _record_failure(
+    bm: BatchedModel,
+    body: dict[str, Any],
+    error: Exception,
+    c: Clients,
+    logger: Log,
+) -> None:
+    """Best effort: show an operator-side failure in the Degraded condition."""
+    reason = "InvalidChild" if isinstance(error, PermanentError) else "ReconcileError"
+    previous = [
+        cond.model_dump(by_alias=True, exclude_none=True) for cond in bm.status.conditions or []
+    ]
+    degraded = {
+        "type": conditions.DEGRADED,
+        "status": "True",
+        "reason": reason,
+        "message": str(error)[: conditions.MAX_MESSAGE],
+        "observedGeneration": bm.metadata.generation,
+    }
+    merged = conditions.merge_conditions(
+        previous,
+        [*(p for p in previous if p["type"] != conditions.DEGRADED), degraded],
+        conditions.now_rfc3339(),
+    )
+    patch = conditions.status_patch(body.get("status"), {"conditions": merged})
+    if not patch:
+        return
+    try:
+        _patch_status(c, bm, patch)
+    except _NETWORK_ERRORS as exc:
+        logger.warning(f"could not record the failure in status: {exc}")
+        return
+    _event(body, "Warning", reason, str(error), logger)
+
+
+def _event(
+    body: Mapping[str, Any],
+    type_: str,
+    reason: str,
+    message: str,
+    logger: Log,
+) -> None:
+    meta = body.get("metadata", {})
+    LOGGER.info(f"{meta.get('namespace')}/{meta.get('name')}: {reason}: {message}")
+    with contextlib.suppress(LookupError):  # outside a running operator: the log is the record
+        kopf.event(_kopf_body(body), type=type_, reason=reason, message=message[:1024])
+
+
+def _kopf_body(body: Mapping[str, Any]) -> kopf.Body:
+    return kopf.Body(cast(kopf.RawBody, dict(body)))
+
+
+def backoff(retry: int, cap: float | None = None) -> float:
+    """Exponential backoff with jitter for kopf retries: 1, 2, 4, ... seconds, capped."""
+    cap = cap or SETTINGS.retry_max_seconds
+    return float(min(cap, 2.0**retry) * random.uniform(0.8, 1.0))
+
+
+# --------------------------------------------------------------------------- kopf handlers
+
+
+@kopf.on.startup()
+def configure(*, settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations (the status schema is strict), post only
+    warnings from logs as Events (explicit Events are posted by the reconciler), and size
+    the thread pool for the synchronous handlers."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="batchpilot.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="batchpilot.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 16
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    clients()
+    logger.info(f"batchpilot operator ready: runtime image {SETTINGS.runtime_image}")
+
+
+def _reconcile(namespace: str | None, name: str, retry: int, logger: Log) -> None:
+    if namespace is None:
+        return
+    try:
+        converge(namespace, name, logger=logger)
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=backoff(retry)) from exc
+    except PermanentError as exc:
+        # The same spec will fail the same way; the resync timer tries again later.
+        raise kopf.PermanentError(str(exc)) from exc
+
+
+@kopf.on.resume(*BM)
+@kopf.on.create(*BM)
+@kopf.on.update(*BM)
+def reconcile(*, name: str, namespace: str | None, retry: int, logger: Log, **_: Any) -> None:
+    """A BatchedModel appeared, changed, or the operator (re)started."""
+    _reconcile(namespace, name, retry, logger)
+
+
+@kopf.timer(*BM, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
+def resync(*, name: str, namespace: str | None, logger: Log, **kwargs: Any) -> None:
+    """Level-triggered safety net: converge every BatchedModel periodically."""
+    _reconcile(namespace, name, int(kwargs.get("retry", 0)), logger)
+
+
+@kopf.on.delete(*BM, optional=True)
+def deleted(*, name: str, namespace: str | None, **_: Any) -> None:
+    """No finalizer: owner references let the garbage collector remove the children."""
+    if namespace:
+        forget(namespace, name)
+
+
+def _owner(body: Mapping[str, Any]) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == api.KIND and ref.get("apiVersion", "").startswith(api.GROUP):
+            return str(ref["name"])
+    return None
+
+
+def _nudge(namespace: str | None, owner: str | None, logger: Log) -> None:
+    if not namespace or not owner:
+        return
+    try:
+        converge(namespace, owner, logger=logger, coalesce=True)
+    except (TransientError, PermanentError) as exc:
+        logger.warning(f"reconcile of {namespace}/{owner} failed, retried on resync: {exc}")
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+@kopf.on.event("", "v1", "services", labels=OWNED)
+@kopf.on.event("", "v1", "configmaps", labels=OWNED)
+def child_changed(*, body: kopf.Body, namespace: str | None, logger: Log, **_: Any) -> None:
+    """A child changed or vanished (scaled or edited by hand, deleted): converge its owner."""
+    _nudge(namespace, _owner(body), logger)
+
+
+@kopf.on.event("", "v1", "pods", labels=OWNED)
+def pod_changed(*, body: kopf.Body, namespace: str | None, logger: Log, **_: Any) -> None:
+    """A runtime pod changed (ready, crashed, unschedulable): refresh its owner's status."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    _nudge(namespace, labels.get("app.kubernetes.io/instance"), logger)
+
+
+@kopf.on.probe(id="models")
+def models_probe(**_: Any) -> int:
+    """Liveness report: how many BatchedModels this process has reconciled."""
+    with _slots_lock:
+        return len(_slots)
