@@ -28,7 +28,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from batchpilot_runtime.config import BatchingConfig
 
@@ -113,6 +120,7 @@ class Telemetry:
         queue_depth: Callable[[], float],
         config: Callable[[], BatchingConfig],
     ) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: scrape noise
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         depth = Gauge(QUEUE_DEPTH, "Items waiting for a batch.", registry=reg)

@@ -1,0 +1,93 @@
+"""``batchpilot-runtime``: serve a model with dynamic batching (``--help`` lists the flags)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from batchpilot_runtime.app import Runtime, create_app
+from batchpilot_runtime.settings import Settings, parse_settings, resolve_model_path
+
+log = logging.getLogger("batchpilot_runtime")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with readiness turned false the moment SIGTERM or SIGINT arrives."""
+
+    runtime: Runtime | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.runtime is not None:
+            self.runtime.draining = True
+        super().handle_exit(sig, frame)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    try:
+        settings.base_config()
+    except ValidationError as exc:
+        print(f"batchpilot-runtime: invalid batching setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Models are read from local files only, never fetched from a hub at start-up.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        path = resolve_model_path(settings.model)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    return serve(settings, path)
+
+
+def serve(settings: Settings, path: Path) -> int:
+    """Run the server until SIGTERM; 0 after a clean drain, 1 if the model failed to load."""
+    from batchpilot_runtime.backends import hf  # torch: imported only to serve
+
+    hf.configure_threads(settings.threads)
+
+    def load() -> list[hf.TransformersModel]:
+        return hf.load_models(
+            path,
+            settings.task,
+            device=settings.device,
+            dtype=settings.dtype,
+            trust_remote_code=settings.trust_remote_code,
+        )
+
+    failures: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    app = create_app(settings, load, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=None,
+    )
+    server = _Server(config)
+    server.runtime = app.state.runtime
+    server.run()
+    if failures:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Request bodies of the HTTP API and the JSON they are answered with.
+
+OpenAI-compatible embeddings, a classify endpoint, and the Open Inference Protocol v2 (KServe,
+Triton). Bodies are parsed with pydantic straight from bytes; every error names its field.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batchpilot_runtime.backends import ClassificationOutput, EmbeddingOutput, ModelInfo
+
+
+class ApiError(Exception):
+    """An error answer: status, a message naming the problem, and optional headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.kind = kind
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+
+BodyT = TypeVar("BodyT", bound=_Body)
+
+
+class EmbeddingRequest(_Body):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+class ClassifyRequest(_Body):
+    input: str | list[str]
+    model: str | None = None
+    top_k: int | None = Field(default=None, ge=1)
+
+
+class InferInput(_Body):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(_Body):
+    id: str | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    parameters: dict[str, Any] | None = None
+
+
+def parse(cls: type[BodyT], body: bytes) -> BodyT:
+    """Validate a JSON body; a failure is a 422 whose message names each bad field."""
+    try:
+        return cls.model_validate_json(body)
+    except ValidationError as exc:
+        problems: dict[str, list[str]] = {}
+        for err in exc.errors(include_url=False):
+            # Drop the union-member tags pydantic adds ("input.str", "input.list[str]").
+            parts = [str(p) for p in err["loc"] if not _is_type_tag(p)]
+            problems.setdefault(".".join(parts) or "body", []).append(err["msg"])
+        message = "; ".join(f"{loc}: {' or '.join(msgs)}" for loc, msgs in problems.items())
+        raise ApiError(422, message, param=next(iter(problems))) from None
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part)
+
+
+def texts_of(value: str | list[str], field: str = "input") -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise ApiError(422, f"{field}: must hold at least one text", param=field)
+    return texts
+
+
+def infer_texts(req: InferRequest) -> list[str]:
+    """The texts of an OIP v2 request: one BYTES input, flat or any shape."""
+    if len(req.inputs) != 1:
+        raise ApiError(422, "inputs: expected exactly one input (the texts)", param="inputs")
+    tensor = req.inputs[0]
+    if tensor.datatype.upper() != "BYTES":
+        raise ApiError(
+            422,
+            f"inputs[0].datatype: expected BYTES, got {tensor.datatype}",
+            param="inputs.0.datatype",
+        )
+    flat = _flatten(tensor.data)
+    if not all(isinstance(t, str) for t in flat):
+        raise ApiError(422, "inputs[0].data: every element must be a string", param="inputs.0.data")
+    count = int(np.prod(tensor.shape)) if tensor.shape else 0
+    if count != len(flat):
+        raise ApiError(
+            422,
+            f"inputs[0].shape: {tensor.shape} holds {count} elements, data has {len(flat)}",
+            param="inputs.0.shape",
+        )
+    return texts_of(flat, "inputs[0].data")
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for value in data:
+        if isinstance(value, list):
+            out.extend(_flatten(value))
+        else:
+            out.append(value)
+    return out
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def embeddings_response(
+    outputs: list[EmbeddingOutput],
+    *,
+    model: str,
+    encoding_format: str,
+    dimensions: int | None,
+    normalized: bool,
+) -> dict[str, Any]:
+    data = []
+    for i, out in enumerate(outputs):
+        vector = out.vector
+        if dimensions is not None and dimensions < vector.shape[0]:
+            vector = vector[:dimensions]
+            if normalized:
+                vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        embedding: Any
+        if encoding_format == "base64":
+            embedding = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            embedding = vector.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    tokens = sum(out.tokens for out in outputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def classify_response(
+    outputs: list[ClassificationOutput], *, model: str, labels: tuple[str, ...], top_k: int | None
+) -> dict[str, Any]:
+    data = []
+    for i, out in enumerate(outputs):
+        order = np.argsort(-out.scores, kind="stable")[: top_k or len(labels)]
+        ranked = [{"label": labels[j], "score": float(out.scores[j])} for j in order]
+        data.append(
+            {"index": i, "label": ranked[0]["label"], "score": ranked[0]["score"], "labels": ranked}
+        )
+    tokens = sum(out.tokens for out in outputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def infer_response(
+    outputs: list[Any], *, model: str, info: ModelInfo, request_id: str | None
+) -> dict[str, Any]:
+    n = len(outputs)
+    tensors: list[dict[str, Any]]
+    if info.task == "embedding":
+        matrix = np.stack([out.vector for out in outputs])
+        tensors = [
+            {
+                "name": "embedding",
+                "datatype": "FP32",
+                "shape": list(matrix.shape),
+                "data": matrix.ravel().tolist(),
+            }
+        ]
+    else:
+        scores = np.stack([out.scores for out in outputs])
+        best = scores.argmax(axis=1)
+        tensors = [
+            {
+                "name": "label",
+                "datatype": "BYTES",
+                "shape": [n],
+                "data": [info.labels[j] for j in best],
+            },
+            {
+                "name": "score",
+                "datatype": "FP32",
+                "shape": [n],
+                "data": scores[np.arange(n), best].tolist(),
+            },
+            {
+                "name": "scores",
+                "datatype": "FP32",
+                "shape": list(scores.shape),
+                "data": scores.ravel().tolist(),
+            },
+        ]
+    body: dict[str, Any] = {"model_name": model, "outputs": tensors}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def model_metadata(model: str, info: ModelInfo) -> dict[str, Any]:
+    """``GET /v2/models/{name}``."""
+    if info.task == "embedding":
+        outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, info.dimensions]}]
+    else:
+        n = len(info.labels)
+        outputs = [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "score", "datatype": "FP32", "shape": [-1]},
+            {"name": "scores", "datatype": "FP32", "shape": [-1, n]},
+        ]
+    return {
+        "name": model,
+        "versions": ["1"],
+        "platform": "pytorch_transformers",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": outputs,
+        "parameters": {"task": info.task, "labels": list(info.labels)},
+    }

@@ -1,0 +1,501 @@
+"""The HTTP app: OpenAI-compatible embeddings, classify, Open Inference Protocol v2, health,
+``/stats`` and ``/metrics``, over one batcher per model worker.
+
+The app starts answering health checks at once; the model loads and warms up in the
+background, and only then does ``/v2/health/ready`` turn 200 and inference open. On shutdown
+(SIGTERM) readiness turns false, new inference is refused with 503, and everything already
+accepted is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+from starlette.types import Receive
+
+from batchpilot_runtime import api
+from batchpilot_runtime.api import ApiError
+from batchpilot_runtime.backends import (
+    CLASSIFICATION_KIND,
+    ClassificationOutput,
+    EmbeddingOutput,
+    ModelInfo,
+    ServedModel,
+    embedding_kind,
+)
+from batchpilot_runtime.batcher import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
+from batchpilot_runtime.config import BatchingConfig
+from batchpilot_runtime.reload import ConfigWatcher
+from batchpilot_runtime.settings import Settings
+from batchpilot_runtime.telemetry import OUTCOMES, Telemetry
+
+log = logging.getLogger(__name__)
+
+PRIORITY_HEADER = "x-batchpilot-priority"
+"""Optional request header: ``high``, ``normal``, ``low`` or an integer (higher goes first)."""
+PRIORITY_NAMES = {"high": 1, "normal": 0, "low": -1}
+CLIENT_CLOSED = 499
+
+_OUTCOME_OF_STATUS = {
+    400: "invalid",
+    404: "invalid",
+    413: "invalid",
+    422: "invalid",
+    429: "rejected",
+    503: "rejected",
+    504: "timeout",
+    CLIENT_CLOSED: "cancelled",
+}
+
+Loader = Callable[[], Sequence[ServedModel]]
+
+
+class Runtime:
+    """Everything the app holds: models, their batchers, the config in force, telemetry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader,
+        *,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.served_name
+        self.loader = loader
+        self.on_fatal = on_fatal
+        self.watcher = ConfigWatcher(
+            settings.config,
+            settings.base_config(),
+            on_change=self._apply_config,
+            interval=settings.reload_interval,
+        )
+        self.telemetry = Telemetry(queue_depth=self.queue_depth, config=self.config)
+        self.requests = dict.fromkeys(OUTCOMES, 0)
+        self.models: list[ServedModel] = []
+        self.batchers: list[Batcher] = []
+        self.ready = False
+        self.draining = False
+        self.load_error: str | None = None
+        self._load_task: asyncio.Task[None] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def config(self) -> BatchingConfig:
+        return self.watcher.config
+
+    def queue_depth(self) -> int:
+        return sum(b.queue_depth for b in self.batchers)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.models[0].info
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining
+
+    def _apply_config(self, config: BatchingConfig) -> None:
+        for batcher in self.batchers:
+            batcher.set_config(config)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.watcher.check()
+        self.watcher.start()
+        self._load_task = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            self.models = list(await asyncio.to_thread(self.loader))
+            if not self.models:
+                raise RuntimeError("the loader returned no model")
+            for model in self.models:
+                await model.warm_up()
+            self.batchers = [
+                Batcher(
+                    model,
+                    self.config(),
+                    max_batch_cap=model.max_batch_cap,
+                    pipeline_depth=self.settings.pipeline_depth,
+                    observer=self.telemetry,
+                )
+                for model in self.models
+            ]
+            for batcher in self.batchers:
+                batcher.start()
+            self.ready = True
+            info = self.info
+            log.info(
+                "serving %s (%s) on %s; ready",
+                self.name,
+                info.task,
+                ", ".join(m.info.device for m in self.models),
+            )
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading the model failed")
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    async def stop(self) -> None:
+        """Refuse new work, finish what was accepted, release the models."""
+        self.draining = True
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._load_task
+        await asyncio.gather(*(b.aclose() for b in self.batchers))
+        for model in self.models:
+            await asyncio.to_thread(model.close)
+        await self.watcher.aclose()
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def check_accepting(self) -> None:
+        if self.draining:
+            raise ApiError(503, "shutting down", kind="unavailable")
+        if not self.ready:
+            raise ApiError(503, "model is loading", kind="unavailable")
+
+    def check_model(self, requested: str | None) -> None:
+        if requested is not None and requested != self.name:
+            raise ApiError(
+                404,
+                f"model: {requested!r} is not served here; this server serves {self.name!r}",
+                param="model",
+                kind="not_found",
+            )
+
+    def check_texts(self, texts: list[str], field: str) -> None:
+        s = self.settings
+        limit = min(s.max_inputs, self.config().max_queue)
+        if len(texts) > limit:
+            raise ApiError(
+                413, f"{field}: {len(texts)} texts; at most {limit} per request", param=field
+            )
+        for i, text in enumerate(texts):
+            if len(text) > s.max_input_chars:
+                raise ApiError(
+                    413,
+                    f"{field}[{i}]: {len(text)} characters; at most {s.max_input_chars}",
+                    param=field,
+                )
+
+    async def infer(
+        self, request: Request, kind: Hashable, texts: list[str], priority: int
+    ) -> list[Any]:
+        """Queue every text on the least loaded worker and wait for all the outputs."""
+        batcher = min(self.batchers, key=lambda b: b.load)
+        try:
+            futures = batcher.submit_many(
+                kind, texts, lengths=[len(t) for t in texts], priority=priority
+            )
+        except QueueFull as exc:
+            raise ApiError(
+                429,
+                "queue full; retry later",
+                kind="rate_limit",
+                headers={"Retry-After": str(int(exc.retry_after))},
+            ) from None
+        except BatcherClosed:
+            raise ApiError(503, "shutting down", kind="unavailable") from None
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        disconnected = asyncio.ensure_future(_client_gone(request.receive))
+        try:
+            await asyncio.wait((gathered, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            disconnected.cancel()
+        if not gathered.done():
+            for future in futures:
+                future.cancel()
+            raise ApiError(CLIENT_CLOSED, "client closed the request", kind="cancelled")
+        results = gathered.result()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            if any(isinstance(e, DeadlineExceeded) for e in errors):
+                raise ApiError(504, "request timed out in the queue", kind="timeout")
+            if any(isinstance(e, BatcherClosed) for e in errors):
+                raise ApiError(503, "shutting down", kind="unavailable")
+            raise ApiError(500, f"model failed: {errors[0]}", kind="server_error")
+        return list(results)
+
+    def stats(self) -> dict[str, Any]:
+        cfg = self.config()
+        totals = [b.stats for b in self.batchers]
+        batches = sum(s.batches for s in totals)
+        items = sum(s.batch_items for s in totals)
+        started = sum(s.items_submitted - s.items_expired - s.items_cancelled for s in totals)
+        wait = sum(s.queue_wait_seconds for s in totals)
+        busy = sum(s.batch_seconds for s in totals)
+        return {
+            "model": self.name,
+            "task": self.models[0].info.task if self.models else self.settings.task,
+            "ready": self.ready,
+            "draining": self.draining,
+            "load_error": self.load_error,
+            "queue_depth": self.queue_depth(),
+            "in_flight_batches": sum(b.in_flight for b in self.batchers),
+            "batches": batches,
+            "items": items,
+            "avg_batch_size": items / batches if batches else 0.0,
+            "avg_queue_wait_ms": 1000 * wait / started if started else 0.0,
+            "avg_batch_ms": 1000 * busy / batches if batches else 0.0,
+            "items_rejected": sum(s.items_rejected for s in totals),
+            "items_expired": sum(s.items_expired for s in totals),
+            "items_cancelled": sum(s.items_cancelled for s in totals),
+            "items_failed": sum(s.items_failed for s in totals),
+            "batch_splits": sum(s.splits for s in totals),
+            "requests": dict(self.requests),
+            "config": cfg.model_dump(by_alias=True),
+            "config_path": str(self.watcher.path),
+            "config_error": self.watcher.error,
+            "workers": [
+                {
+                    "device": m.info.device,
+                    "queue_depth": b.queue_depth,
+                    "in_flight_batches": b.in_flight,
+                    "batch_limit": b.batch_limit,
+                    "max_batch_cap": b.max_batch_cap,
+                }
+                for m, b in zip(self.models, self.batchers, strict=False)
+            ],
+        }
+
+    def record(self, outcome: str, duration: float | None) -> None:
+        self.requests[outcome] += 1
+        self.telemetry.request_done(outcome, duration)
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return when the client disconnects (the body has been read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body: {declared} bytes; at most {limit}", param="body")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"body: over {limit} bytes", param="body")
+    return bytes(body)
+
+
+def _priority(request: Request) -> int:
+    raw = request.headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return 0
+    value = raw.strip().lower()
+    if value in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value]
+    try:
+        return max(-10, min(10, int(value)))
+    except ValueError:
+        raise ApiError(
+            422,
+            f"{PRIORITY_HEADER}: {raw!r}; use high, normal, low or an integer",
+            param=PRIORITY_HEADER,
+        ) from None
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _error(exc: ApiError) -> Response:
+    return _json(exc.body(), exc.status, exc.headers or None)
+
+
+def create_app(
+    settings: Settings,
+    loader: Loader,
+    *,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The ASGI app; ``loader`` returns the model workers (it runs in a thread)."""
+    runtime = Runtime(settings, loader, on_fatal=on_fatal)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="batchpilot runtime", lifespan=lifespan)
+    app.state.runtime = runtime
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, exc: ApiError) -> Response:
+        return _error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(_: Request, exc: HTTPException) -> Response:
+        return _error(ApiError(exc.status_code, str(exc.detail), kind="invalid_request_error"))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("request",), "msg": "invalid"}
+        where = ".".join(str(p) for p in first["loc"])
+        return _error(ApiError(422, f"{where}: {first['msg']}", param=where))
+
+    async def inference(
+        request: Request, handle: Callable[[bytes, int], Awaitable[dict[str, Any]]]
+    ) -> Response:
+        """Run one inference request: limits, parsing, outcome and latency accounting."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            runtime.check_accepting()
+            body = await _read_body(request, settings.max_body_bytes)
+            payload = await handle(body, _priority(request))
+        except ApiError as exc:
+            outcome = _OUTCOME_OF_STATUS.get(exc.status, "error")
+            runtime.record(outcome, loop.time() - start if outcome == "timeout" else None)
+            return _error(exc)
+        except Exception as exc:
+            log.exception("inference failed")
+            runtime.record("error", None)
+            return _error(ApiError(500, f"internal error: {exc}", kind="server_error"))
+        response = _json(payload)
+        runtime.record("ok", loop.time() - start)
+        return response
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        async def handle(body: bytes, priority: int) -> dict[str, Any]:
+            req = api.parse(api.EmbeddingRequest, body)
+            runtime.check_model(req.model)
+            if runtime.info.task != "embedding":
+                raise ApiError(400, f"model: {runtime.name!r} is not an embedding model")
+            texts = api.texts_of(req.input)
+            runtime.check_texts(texts, "input")
+            dims = runtime.info.dimensions or 0
+            if req.dimensions is not None and req.dimensions > dims:
+                raise ApiError(
+                    422, f"dimensions: {req.dimensions} is over {dims}", param="dimensions"
+                )
+            normalize = settings.normalize
+            outputs: list[EmbeddingOutput] = await runtime.infer(
+                request, embedding_kind(normalize), texts, priority
+            )
+            return api.embeddings_response(
+                outputs,
+                model=runtime.name,
+                encoding_format=req.encoding_format,
+                dimensions=req.dimensions,
+                normalized=normalize,
+            )
+
+        return await inference(request, handle)
+
+    @app.post("/v1/classify")
+    async def classify(request: Request) -> Response:
+        async def handle(body: bytes, priority: int) -> dict[str, Any]:
+            req = api.parse(api.ClassifyRequest, body)
+            runtime.check_model(req.model)
+            if runtime.info.task != "classification":
+                raise ApiError(400, f"model: {runtime.name!r} is not a classification model")
+            texts = api.texts_of(req.input)
+            runtime.check_texts(texts, "input")
+            outputs: list[ClassificationOutput] = await runtime.infer(
+                request, CLASSIFICATION_KIND, texts, priority
+            )
+            return api.classify_response(
+                outputs, model=runtime.name, labels=runtime.info.labels, top_k=req.top_k
+            )
+
+        return await inference(request, handle)
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> Response:
+        async def handle(body: bytes, priority: int) -> dict[str, Any]:
+            runtime.check_model(name)
+            req = api.parse(api.InferRequest, body)
+            texts = api.infer_texts(req)
+            runtime.check_texts(texts, "inputs[0].data")
+            kind: Hashable = CLASSIFICATION_KIND
+            if runtime.info.task == "embedding":
+                params = req.parameters or {}
+                normalize = params.get("normalize", settings.normalize)
+                if not isinstance(normalize, bool):
+                    raise ApiError(
+                        422, "parameters.normalize: expected a boolean", param="parameters"
+                    )
+                kind = embedding_kind(normalize)
+            outputs = await runtime.infer(request, kind, texts, priority)
+            return api.infer_response(
+                outputs, model=runtime.name, info=runtime.info, request_id=req.id
+            )
+
+        return await inference(request, handle)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        return _json({"object": "list", "data": [_openai_model(runtime.name)]})
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str) -> Response:
+        runtime.check_model(name)
+        return _json(_openai_model(name))
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return _json({"name": "batchpilot", "version": "0.1.0", "extensions": []})
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        return _json({"ready": runtime.accepting}, 200 if runtime.accepting else 503)
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> Response:
+        runtime.check_model(name)
+        return _json({"name": name, "ready": runtime.accepting}, 200 if runtime.accepting else 503)
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str) -> Response:
+        runtime.check_model(name)
+        if not runtime.models:
+            raise ApiError(503, "model is loading", kind="unavailable")
+        return _json(api.model_metadata(name, runtime.info))
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        return _json(runtime.stats())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(runtime.telemetry.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _openai_model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "batchpilot"}

@@ -1,0 +1,75 @@
+"""Model backends: what the app serves, behind the batcher's model protocol.
+
+A served model is a :class:`~batchpilot_runtime.batcher.Model` (``async run(batch)``) that also
+describes itself (:class:`ModelInfo`) and may cap its batch size (the largest batch found to
+fit in device memory at start-up). This module is torch-free; ``hf`` holds the torch code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from batchpilot_runtime.batcher import Model
+
+Task = Literal["embedding", "classification"]
+TASKS: tuple[Task, ...] = ("embedding", "classification")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What clients and ``/stats`` learn about a served model."""
+
+    task: Task
+    device: str
+    dimensions: int | None = None
+    """Embedding size (``embedding`` task)."""
+    labels: tuple[str, ...] = ()
+    """Class labels in output order (``classification`` task)."""
+    max_length: int = 512
+    """Longest input in tokens; longer inputs are truncated."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingOutput:
+    vector: npt.NDArray[np.float32]
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationOutput:
+    scores: npt.NDArray[np.float32]
+    """One score per label, in ``ModelInfo.labels`` order."""
+    tokens: int
+
+
+def embedding_kind(normalize: bool) -> Hashable:
+    """Batch kind of embedding items (normalised and raw items never share a batch)."""
+    return ("embedding", normalize)
+
+
+CLASSIFICATION_KIND: Hashable = ("classification",)
+
+
+class ServedModel(Model, Protocol):
+    """A model worker: one device, one copy of the weights."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def max_batch_cap(self) -> int | None:
+        """The largest batch that fits in device memory, when known."""
+        ...
+
+    async def warm_up(self) -> None:
+        """Run a few batches so the first request does not pay for lazy initialisation."""
+        ...
+
+    def close(self) -> None:
+        """Release threads and device memory."""
+        ...

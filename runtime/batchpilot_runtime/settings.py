@@ -1,0 +1,194 @@
+"""Start-up settings of the runtime: defaults, then ``BATCHPILOT_*`` variables, then flags.
+
+The batching settings (``--max-batch-size`` and friends) are only the starting point: the
+config file (the ConfigMap contract, :mod:`batchpilot_runtime.config`) overrides them when it
+exists, and is hot-reloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from batchpilot_runtime.backends import TASKS, Task
+from batchpilot_runtime.config import DEFAULT_CONFIG_PATH, BatchingConfig
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "BATCHPILOT_"
+PVC_ROOT_ENV = "BATCHPILOT_PVC_ROOT"
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything fixed at start-up. Each field ``x_y`` reads ``BATCHPILOT_X_Y``/``--x-y``."""
+
+    model: str
+    task: Task = "embedding"
+    name: str | None = None
+    config: Path = DEFAULT_CONFIG_PATH
+    host: str = "0.0.0.0"  # a server in a pod listens on every interface
+    port: int = 8080
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    normalize: bool = True
+    threads: int | None = None
+    pipeline_depth: int = 2
+    max_batch_size: int = BatchingConfig().max_batch_size
+    max_wait_ms: float = BatchingConfig().max_wait_ms
+    max_queue: int = BatchingConfig().max_queue
+    request_timeout_ms: float = BatchingConfig().request_timeout_ms
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_inputs: int = 2048
+    max_input_chars: int = 100_000
+    reload_interval: float = 0.5
+    log_level: str = "info"
+
+    @property
+    def served_name(self) -> str:
+        """The model name clients use: ``--name``, else the last part of the model URI."""
+        if self.name:
+            return self.name
+        tail = self.model.split("@", 1)[0].rstrip("/")
+        return tail.rsplit("/", 1)[-1] or "model"
+
+    def base_config(self) -> BatchingConfig:
+        """The batching config from settings alone (the config file may override it)."""
+        return BatchingConfig.model_validate(
+            {
+                "maxBatchSize": self.max_batch_size,
+                "maxWaitMs": self.max_wait_ms,
+                "maxQueue": self.max_queue,
+                "requestTimeoutMs": self.request_timeout_ms,
+            }
+        )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from ``env`` (default ``os.environ``) and flags ``argv``."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="batchpilot-runtime",
+        description="Serve a transformers model with dynamic batching. Every flag can also be "
+        "set with a BATCHPILOT_<NAME> environment variable (flags win).",
+    )
+    helps = {
+        "model": "model URI: /path, file:///path, hf://org/name[@revision] (local cache), "
+        "pvc://claim/path (under $BATCHPILOT_PVC_ROOT)",
+        "task": "what the model does",
+        "name": "served model name (default: the last part of the model URI)",
+        "config": "batching config file (ConfigMap contract), watched for changes",
+        "device": "auto (every GPU, else CPU), cpu, cuda or cuda:N",
+        "dtype": "auto (float16 on GPU, float32 on CPU), float32, float16 or bfloat16",
+        "threads": "torch intra-op threads (default: one per core)",
+        "pipeline_depth": "batches in flight per worker (2 overlaps tokenising and forward)",
+        "max_batch_size": "initial maxBatchSize (the config file overrides)",
+        "max_wait_ms": "initial maxWaitMs (the config file overrides)",
+        "max_queue": "initial maxQueue (the config file overrides)",
+        "request_timeout_ms": "initial requestTimeoutMs (the config file overrides)",
+        "max_body_bytes": "largest request body; larger is 413",
+        "max_inputs": "most inputs in one request; more is 413",
+        "max_input_chars": "longest input text; longer is 413",
+        "reload_interval": "seconds between checks of the config file",
+    }
+    defaults = {f.name: f.default for f in fields(Settings)}
+    for f in fields(Settings):
+        kind = _field_type(f.name)
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        default: Any = defaults[f.name]
+        if raw is not None and raw != "":
+            try:
+                default = _bool(raw) if kind is bool else kind(raw)
+            except ValueError as exc:
+                parser.error(f"{ENV_PREFIX}{f.name.upper()}: {exc}")
+        help_text = helps.get(f.name, "")
+        if kind is bool:
+            parser.add_argument(
+                _flag(f.name),
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text,
+            )
+            continue
+        required = f.name == "model" and not isinstance(default, str)
+        parser.add_argument(
+            _flag(f.name),
+            type=kind,
+            default=default,
+            required=required,
+            help=help_text + (f" (default: {default})" if default is not None else ""),
+            choices=TASKS if f.name == "task" else None,
+        )
+    args = parser.parse_args(argv)
+    return Settings(**vars(args))
+
+
+def _field_type(name: str) -> Any:
+    types: dict[str, Any] = {
+        "config": Path,
+        "port": int,
+        "threads": int,
+        "pipeline_depth": int,
+        "max_batch_size": int,
+        "max_queue": int,
+        "max_body_bytes": int,
+        "max_inputs": int,
+        "max_input_chars": int,
+        "max_wait_ms": float,
+        "request_timeout_ms": float,
+        "reload_interval": float,
+        "trust_remote_code": bool,
+        "normalize": bool,
+    }
+    return types.get(name, str)
+
+
+def resolve_model_path(uri: str, env: Mapping[str, str] | None = None) -> Path:
+    """A local directory for a model URI; ``hf://`` reads the local Hugging Face cache only."""
+    env = os.environ if env is None else env
+    if uri.startswith("hf://"):
+        repo, _, revision = uri.removeprefix("hf://").partition("@")
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            cached = snapshot_download(repo, revision=revision or None, local_files_only=True)
+        except LocalEntryNotFoundError:
+            raise FileNotFoundError(
+                f"{uri}: not in the local Hugging Face cache (models are never downloaded at "
+                "start; put it in the cache or mount it and pass its path)"
+            ) from None
+        return Path(cached)
+    if uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://"))
+    elif uri.startswith("pvc://"):
+        path = Path(env.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / uri.removeprefix("pvc://")
+    elif "://" in uri:
+        raise ValueError(f"{uri}: unsupported scheme; use a path, file://, hf:// or pvc://")
+    else:
+        path = Path(uri)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{uri}: no model directory at {path}")
+    return path
