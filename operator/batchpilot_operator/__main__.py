@@ -37,9 +37,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     parser.add_argument(
         "--liveness",
-        default=os.environ.get("BATCHPILOT_LIVENESS", "http://0.0.0.0:8081/healthz"),
+        default=os.environ.get("BATCHPILOT_LIVENESS")
+        or f"http://{os.environ.get('BATCHPILOT_HOST') or '0.0.0.0'}:8081/healthz",
         metavar="URL",
-        help="serve kopf's liveness probe here ('' to disable; default %(default)s)",
+        help="serve kopf's liveness probe here ('' to disable; default: BATCHPILOT_LIVENESS, "
+        "else port 8081 on BATCHPILOT_HOST, else on every interface)",
     )
     peering = parser.add_mutually_exclusive_group()
     peering.add_argument(
