@@ -26,6 +26,12 @@ install: $(VENV)/.installed ## Create .venv with the dev extra (quick when alrea
 binaries: ## Build the local cluster's binaries from Go modules (cached in $BATCHPILOT_HOME)
 	@bash cluster/build-binaries.sh
 
+cluster: install binaries ## Start the local cluster (control plane, kwok GPU nodes, node agent on 127.0.0.1)
+	$(VENV)/bin/batchpilot-cluster up
+
+cluster-down: ## Stop the local cluster and everything it runs (no process left behind)
+	@if [ -x $(VENV)/bin/batchpilot-cluster ]; then $(VENV)/bin/batchpilot-cluster down; fi
+
 test: install binaries ## Run every test layer: unit, model, cluster and e2e
 	$(VENV)/bin/pytest
 

@@ -1,0 +1,47 @@
+"""Fixtures for tests against the local control plane.
+
+- `cluster` (session): a LocalCluster that is up. It reuses a running cluster (`make cluster`)
+  or starts one, and stops at the end of the session only a cluster it started (and only when
+  no other test session still uses it; BATCHPILOT_KEEP_CLUSTER=1 keeps it running).
+  `.kubeconfig`, `.bin`, `.kubectl(*args, check=True, input=None)`, `.helm(*args)`,
+  `.api` (JSON client), `.apply(manifest)`, `.get_json(*args)`, `.pod_log(ns, pod)`.
+- `namespace` (function): a fresh namespace whose default ServiceAccount exists; deleted
+  afterwards without waiting for its finalizers.
+
+Missing binaries fail the test (never skip) with the command that builds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from batchpilot_localcluster.cluster import BinariesMissingError, ClusterError, LocalCluster
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    local = LocalCluster()
+    try:
+        local.check_binaries()
+    except BinariesMissingError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        session = local.session()
+        session.__enter__()
+    except ClusterError as error:
+        pytest.fail(f"the local cluster did not start: {error}", pytrace=False)
+    try:
+        yield local
+    finally:
+        session.__exit__(None, None, None)
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = cluster.create_namespace(request.node.name)
+    try:
+        yield name
+    finally:
+        cluster.delete_namespace(name)

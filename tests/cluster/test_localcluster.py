@@ -1,0 +1,461 @@
+"""The local cluster is a real control plane, and its node agent runs pods as local processes."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from batchpilot_localcluster.cluster import LocalCluster
+from batchpilot_localcluster.kwokconfig import gpu_node, gpu_toleration
+from batchpilot_localcluster.processes import pid_alive
+from batchpilot_localcluster.waits import wait_for
+
+JSON = dict[str, Any]
+APP = Path(__file__).with_name("appserver.py")
+LOCAL = {"batchpilot.dev/local-node": "true"}
+
+
+# Straight to the pod: never through a proxy from the environment.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(ip: str, path: str, port: int = 8080) -> tuple[int, str]:
+    """(status, body) of GET http://ip:port/path; (0, reason) when nothing answers."""
+    assert ip.startswith("127."), f"pod IP {ip} is not a loopback address"
+    try:
+        with OPENER.open(f"http://{ip}:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        return 0, str(error)
+
+
+def app_deployment(
+    name: str,
+    *,
+    replicas: int = 1,
+    configmap: str | None = None,
+    service_account: str | None = None,
+    ready_after: float = 1.0,
+) -> JSON:
+    """A Deployment of the test app (image batchpilot/python) on the local node."""
+    container: JSON = {
+        "name": "app",
+        "image": "batchpilot/python:test",
+        "args": [
+            str(APP),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8080",
+            "--ready-after",
+            str(ready_after),
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "CONFIG_FILE", "value": "/etc/app/config.json"},
+        ],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
+        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5},
+    }
+    spec: JSON = {
+        "nodeSelector": LOCAL,
+        "containers": [container],
+        "terminationGracePeriodSeconds": 5,
+    }
+    if configmap:
+        container["volumeMounts"] = [{"name": "config", "mountPath": "/etc/app"}]
+        spec["volumes"] = [{"name": "config", "configMap": {"name": configmap}}]
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+        },
+    }
+
+
+def container_pid(pod: JSON) -> int:
+    container_id = pod["status"]["containerStatuses"][0]["containerID"]
+    assert container_id.startswith("process://"), container_id
+    return int(container_id.removeprefix("process://"))
+
+
+def test_server_is_kubernetes_1_36(cluster: LocalCluster) -> None:
+    versions = json.loads(cluster.kubectl("version", "-o", "json").stdout)
+    assert versions["serverVersion"]["gitVersion"].startswith("v1.36.")
+    assert versions["clientVersion"]["gitVersion"].startswith("v1.36.")
+
+
+def test_components_listen_on_loopback_only(cluster: LocalCluster) -> None:
+    server = cluster.api.server
+    assert server.startswith("https://127.0.0.1:"), server
+    config = cluster.layout.kwokctl_config.read_text()
+    assert "bindAddress: 127.0.0.1" in config
+
+
+def test_crd_serves_custom_objects(cluster: LocalCluster, namespace: str) -> None:
+    group = f"t{uuid.uuid4().hex[:8]}.batchpilot.dev"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {"size": {"type": "integer", "minimum": 1}},
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    cluster.apply(crd)
+    try:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=60s"
+        )
+        widget = {
+            "apiVersion": f"{group}/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1", "namespace": namespace},
+            "spec": {"size": 3},
+        }
+        cluster.apply(widget)
+        got = cluster.get_json(f"widgets.{group}", "w1", "-n", namespace)
+        assert got["spec"] == {"size": 3}
+        refused = cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({**widget, "spec": {"size": 0}}),
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert "spec.size" in refused.stderr
+    finally:
+        cluster.kubectl("delete", "crd", f"widgets.{group}", "--wait=false")
+
+
+def test_deployment_runs_a_process_that_serves_on_its_pod_ip(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    cluster.apply(app_deployment("web", replicas=2), "-n", namespace)
+    pods = cluster.wait_pods(namespace, "app=web", count=2)
+
+    ips = {pod["status"]["podIP"] for pod in pods}
+    assert len(ips) == 2, "each pod has its own address"
+    for pod in pods:
+        ip, name = pod["status"]["podIP"], pod["metadata"]["name"]
+        assert ip.startswith("127.0.0.")
+        assert pod["spec"]["nodeName"] == "batchpilot-local"
+        assert http_get(ip, "/pid") == (200, str(container_pid(pod)))
+        assert http_get(ip, "/env?name=POD_NAME") == (200, json.dumps(name))
+        assert http_get(ip, "/env?name=POD_IP") == (200, json.dumps(ip))
+        assert http_get(ip, "/env?name=BATCHPILOT_HOST") == (200, json.dumps(ip))
+        assert http_get(ip, "/env?name=KUBERNETES_SERVICE_HOST") == (200, "null")
+        status = pod["status"]
+        assert status["phase"] == "Running"
+        kinds = {c["type"]: c["status"] for c in status["conditions"]}
+        for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready"):
+            assert kinds[kind] == "True", kind
+        container = status["containerStatuses"][0]
+        assert container["ready"] is True
+        assert container["restartCount"] == 0
+        assert "running" in container["state"]
+
+
+def test_readiness_probe_gates_ready(cluster: LocalCluster, namespace: str) -> None:
+    cluster.apply(app_deployment("slow", ready_after=4.0), "-n", namespace)
+    (pod,) = cluster.wait_pods(namespace, "app=slow", ready=False)
+    running = wait_for(
+        lambda: next(
+            (
+                p
+                for p in cluster.pods(namespace, "app=slow")
+                if p.get("status", {}).get("podIP")
+                and http_get(p["status"]["podIP"], "/ready")[0] == 503
+            ),
+            None,
+        ),
+        timeout=60,
+        what="the app answering 503 on /ready",
+    )
+    ready = {c["type"]: c["status"] for c in running["status"]["conditions"]}["Ready"]
+    assert ready == "False", "not Ready while the readiness probe fails"
+    (pod,) = cluster.wait_pods(namespace, "app=slow")
+    assert http_get(pod["status"]["podIP"], "/ready") == (200, "ok")
+
+
+def _projected(cluster: LocalCluster, namespace: str, name: str) -> tuple[JSON, str]:
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-config"},
+            "data": {"config.json": '{"maxBatchSize": 8}'},
+        },
+        "-n",
+        namespace,
+    )
+    cluster.apply(app_deployment(name, configmap=f"{name}-config"), "-n", namespace)
+    (pod,) = cluster.wait_pods(namespace, f"app={name}")
+    ip = pod["status"]["podIP"]
+    status, path = http_get(ip, "/env?name=CONFIG_FILE")
+    path = json.loads(path)
+    assert status == 200
+    assert path != "/etc/app/config.json", "the mount path is rewritten to a local directory"
+    assert path.endswith("/config.json")
+    assert http_get(ip, f"/file?path={path}") == (200, '{"maxBatchSize": 8}')
+    return pod, path
+
+
+def test_configmap_change_reaches_the_file_when_the_pod_is_annotated(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    pod, path = _projected(cluster, namespace, "hot")
+    new = '{"maxBatchSize": 32}'
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "configmap",
+        "hot-config",
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"config.json": new}}),
+    )
+    cluster.kubectl(
+        "-n", namespace, "annotate", "pod", pod["metadata"]["name"], "batchpilot.dev/config=2"
+    )
+    ip = pod["status"]["podIP"]
+    wait_for(
+        lambda: http_get(ip, f"/file?path={path}") == (200, new),
+        timeout=30,
+        interval=0.1,
+        what="the new ConfigMap content in the projected file",
+    )
+
+
+def test_configmap_change_reaches_the_file_on_the_periodic_sync(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    _, path = _projected(cluster, namespace, "sync")
+    new = '{"maxBatchSize": 4}'
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "configmap",
+        "sync-config",
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"config.json": new}}),
+    )
+    # kubelet refreshes on its next sync, up to about a minute later; so does the agent.
+    wait_for(
+        lambda: Path(path).read_text() == new,
+        timeout=120,
+        interval=0.5,
+        what="the periodic sync to refresh the projected file",
+    )
+
+
+def test_deleting_the_deployment_stops_the_processes(cluster: LocalCluster, namespace: str) -> None:
+    cluster.apply(app_deployment("gone", replicas=2), "-n", namespace)
+    pids = [container_pid(p) for p in cluster.wait_pods(namespace, "app=gone", count=2)]
+    assert all(pid_alive(pid) for pid in pids)
+
+    cluster.kubectl("-n", namespace, "delete", "deployment", "gone")
+    wait_for(
+        lambda: not cluster.pods(namespace, "app=gone"),
+        timeout=60,
+        what="the pods to be removed",
+    )
+    wait_for(
+        lambda: not any(pid_alive(pid) for pid in pids),
+        timeout=30,
+        what=f"processes {pids} to exit",
+    )
+
+
+def test_unknown_image_is_reported_not_runnable(cluster: LocalCluster, namespace: str) -> None:
+    image = "registry.invalid/someone/else:1.0"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "foreign"},
+        "spec": {"nodeSelector": LOCAL, "containers": [{"name": "main", "image": image}]},
+    }
+    cluster.apply(pod, "-n", namespace)
+
+    def waiting() -> JSON | None:
+        statuses = cluster.get_json("pod", "foreign", "-n", namespace)["status"].get(
+            "containerStatuses"
+        )
+        state = (statuses or [{}])[0].get("state", {}).get("waiting")
+        return state if state and state.get("reason") == "ImageNotRunnable" else None
+
+    state = wait_for(waiting, timeout=60, what="ImageNotRunnable")
+    assert image in state["message"]
+    assert cluster.get_json("pod", "foreign", "-n", namespace)["status"]["phase"] == "Pending"
+
+
+def test_crashing_container_restarts_with_backoff(cluster: LocalCluster, namespace: str) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "crash"},
+        "spec": {
+            "nodeSelector": LOCAL,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "batchpilot/python:test",
+                    "args": ["-c", "import sys; print('bye', flush=True); sys.exit(3)"],
+                }
+            ],
+        },
+    }
+    cluster.apply(pod, "-n", namespace)
+
+    def restarted_twice() -> JSON | None:
+        status = cluster.get_json("pod", "crash", "-n", namespace)["status"]
+        container = (status.get("containerStatuses") or [{}])[0]
+        return container if container.get("restartCount", 0) >= 2 else None
+
+    container = wait_for(restarted_twice, timeout=90, what="two restarts")
+    assert container["lastState"]["terminated"]["exitCode"] == 3
+    assert "bye" in cluster.pod_log(namespace, "crash")
+
+
+def test_service_account_token_is_subject_to_rbac(cluster: LocalCluster, namespace: str) -> None:
+    cluster.kubectl("-n", namespace, "create", "serviceaccount", "reader")
+    cluster.apply(app_deployment("rbac", service_account="reader"), "-n", namespace)
+    (pod,) = cluster.wait_pods(namespace, "app=rbac")
+    ip = pod["status"]["podIP"]
+    configmaps = f"/api/v1/namespaces/{namespace}/configmaps"
+
+    assert http_get(ip, f"/kube?path={configmaps}") == (200, "403"), "no Role yet: forbidden"
+
+    cluster.kubectl(
+        "-n", namespace, "create", "role", "read-cm", "--verb=get,list", "--resource=configmaps"
+    )
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "read-cm",
+        "--role=read-cm",
+        f"--serviceaccount={namespace}:reader",
+    )
+    wait_for(
+        lambda: http_get(ip, f"/kube?path={configmaps}") == (200, "200"),
+        timeout=30,
+        what="the Role to allow listing ConfigMaps",
+    )
+    assert http_get(ip, "/kube?path=/api/v1/secrets") == (200, "403"), "only what the Role grants"
+
+
+def test_kwok_gpu_nodes_accept_pods_until_full(cluster: LocalCluster, namespace: str) -> None:
+    gpus_per_pod = 2
+    # The default kwok GPU nodes are there, Ready, with their GPUs.
+    default = cluster.api.get("/api/v1/nodes", {"labelSelector": "type=kwok"})["items"]
+    assert len(default) >= 2
+    for node in default:
+        assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
+
+    # Nodes of our own, so that other tests using the shared GPU nodes cannot interfere.
+    pool = f"pool-{uuid.uuid4().hex[:6]}"
+    names = [f"{pool}-{i}" for i in range(2)]
+    for name in names:
+        cluster.apply(gpu_node(name, gpus=4, labels={"batchpilot.dev/pool": pool}))
+    try:
+        wait_for(
+            lambda: all(
+                any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in cluster.get_json("node", n)["status"].get("conditions", [])
+                )
+                for n in names
+            ),
+            timeout=60,
+            what="kwok to make the GPU nodes Ready",
+        )
+        capacity = 8 // gpus_per_pod
+        for index in range(capacity + 1):
+            cluster.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"gpu-{index}", "labels": {"pool": pool}},
+                    "spec": {
+                        "nodeSelector": {"batchpilot.dev/pool": pool},
+                        "tolerations": [gpu_toleration()],
+                        "containers": [
+                            {
+                                "name": "main",
+                                "image": "batchpilot/runtime:test",
+                                "resources": {
+                                    "limits": {"nvidia.com/gpu": str(gpus_per_pod)},
+                                },
+                            }
+                        ],
+                    },
+                },
+                "-n",
+                namespace,
+            )
+
+        def settled() -> tuple[list[JSON], list[JSON]] | None:
+            pods = cluster.pods(namespace, f"pool={pool}")
+            running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+            pending = [
+                p
+                for p in pods
+                if any(
+                    c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+                    for c in p.get("status", {}).get("conditions") or []
+                )
+            ]
+            return (running, pending) if len(running) == capacity and pending else None
+
+        running, pending = wait_for(settled, timeout=90, what="GPU pods to fill the pool")
+        assert {p["spec"]["nodeName"] for p in running} == set(names)
+        (refused,) = pending
+        assert refused["status"]["phase"] == "Pending"
+        message = next(
+            c["message"] for c in refused["status"]["conditions"] if c["type"] == "PodScheduled"
+        )
+        assert "Insufficient nvidia.com/gpu" in message
+    finally:
+        cluster.kubectl("-n", namespace, "delete", "pods", "-l", f"pool={pool}", "--wait=false")
+        for name in names:
+            cluster.kubectl("delete", "node", name, "--wait=false", check=False)
