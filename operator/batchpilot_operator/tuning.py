@@ -237,7 +237,7 @@ def _model_choice(fit: ServiceTimeFit, spec: TuningSpec) -> tuple[int, float]:
     wait_s = _clamp(
         min(spec.wait_share * spec.latency_target_s, slack), min_wait, spec.max_wait_ms / 1000
     )
-    return best, round(wait_s * 1000.0, 3)
+    return best, round(wait_s * 1000.0 * 2) / 2  # in steps of 0.5 ms
 
 
 def _choose_config(
@@ -306,8 +306,10 @@ def _choose_config(
                 f"; service time t(b) = {fit.intercept_s * 1e3:.1f} + "
                 f"{fit.per_item_s * 1e3:.2f}*b ms caps batch at {model_size}"
             )
-        if not missed:
+        # the wait follows the model only on a clear difference: no churn on fit noise
+        if not missed and abs(model_wait - wait) > max(1.0, 0.25 * wait):
             wait = model_wait
+            note += f"; wait {wait:g} ms"
     size = int(_clamp(size, spec.min_batch_size, spec.max_batch_size))
     wait = _clamp(wait, spec.min_wait_ms, spec.max_wait_ms)
     return size, wait, note

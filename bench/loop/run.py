@@ -1,0 +1,361 @@
+"""The control-loop benchmark: batchpilot against static and HPA baselines on load traces.
+
+Every run drives one trace through a simulated cluster (``bench.loop.simulator``: the
+runtime's own Batcher on virtual time, the service profile measured from the real model).
+Per trace:
+
+* ``batchpilot``: ``metrics.observe`` + ``tuning.decide`` every ``intervalSeconds``;
+* ``static``: the batching config the HPA sweep found best, with the fewest fixed replicas
+  that hold the SLO at the trace's peak rate;
+* ``hpa``: the Kubernetes HPA algorithm on queue depth per replica with static batching;
+  its target and its batch config are swept and the cheapest setting meeting the SLO (p95
+  within the target, i.e. at least 95% of requests within it) is kept.
+
+Writes ``bench/results/loop.md``, ``loop.json`` and ``loop.png``.
+
+    python -m bench.loop.run            # the full comparison (a few minutes on 2 cores)
+    python -m bench.loop.run --quick    # shorter traces, a smaller sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench.loop import traces
+from bench.loop.policies import BatchpilotPolicy, HpaPolicy, StaticPolicy
+from bench.loop.simulator import (
+    ClusterSettings,
+    RunResult,
+    ServiceProfile,
+    Trace,
+    run_virtual,
+    simulate,
+)
+
+from batchpilot_operator.tuning import TuningSpec
+from batchpilot_runtime.config import BatchingConfig
+
+HERE = Path(__file__).parent
+RESULTS = HERE.parent / "results"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run needs, picklable (worker processes rebuild traces by name)."""
+
+    profile_path: str
+    target_ms: float
+    peak: float
+    duration_s: float
+    min_replicas: int
+    max_replicas: int
+    startup_s: float
+    config_delay_s: tuple[float, float]
+    interval_s: float
+    scale_down_delay_s: float
+    seed: int
+
+    def trace(self, name: str) -> Trace:
+        by_name = {t.name: t for t in traces.all_traces(self.peak, self.duration_s)}
+        return by_name[name]
+
+    def spec(self) -> TuningSpec:
+        return TuningSpec(
+            latency_target_ms=self.target_ms,
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            min_batch_size=1,
+            max_batch_size=64,
+            min_wait_ms=0.0,
+            max_wait_ms=50.0,
+            interval_s=self.interval_s,
+            scale_down_delay_s=self.scale_down_delay_s,
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    trace: str
+    policy: str  # batchpilot | static | hpa
+    replicas: int = 0  # static
+    hpa_target: float = 0.0
+    max_batch: int = 32
+    wait_ms: float = 5.0
+
+
+@dataclass
+class Summary:
+    trace: str
+    policy: str
+    setting: str
+    requests: int
+    within: float
+    p95_ms: float
+    p99_ms: float
+    replica_seconds: float
+    mean_batch: float
+    decisions: int
+    wall_s: float
+    series: dict[str, list[float]]
+
+
+def _series(res: RunResult, step_s: float = 10.0) -> dict[str, list[float]]:
+    """Windowed series for the plot: time, arrivals/s, p95 ms, replicas, max batch size."""
+    end = res.timeline[-1].time + 1.0 if res.timeline else 0.0
+    edges = np.arange(0.0, end + step_s, step_s)
+    idx = np.searchsorted(edges, res.arrival, side="right") - 1
+    t, rate, p95, repl, batch = [], [], [], [], []
+    tl_t = np.asarray([s.time for s in res.timeline])
+    for k in range(len(edges) - 1):
+        lat = res.latency[idx == k]
+        t.append(float(edges[k]))
+        rate.append(len(lat) / step_s)
+        fin = lat[np.isfinite(lat)]
+        p95.append(
+            float(np.quantile(lat, 0.95) * 1e3) if len(fin) > 0.95 * len(lat) and len(lat) else 1e5
+        )
+        j = int(np.searchsorted(tl_t, edges[k], side="left"))
+        j = min(j, len(res.timeline) - 1)
+        repl.append(float(res.timeline[j].replicas_live))
+        batch.append(float(res.timeline[j].max_batch_size))
+    return {"t": t, "rate": rate, "p95_ms": p95, "replicas": repl, "max_batch": batch}
+
+
+def run_job(setup: Setup, job: Job) -> Summary:
+    profile = ServiceProfile.load(Path(setup.profile_path))
+    trace = setup.trace(job.trace)
+    config = BatchingConfig(max_batch_size=job.max_batch, max_wait_ms=job.wait_ms)
+    policy: Any
+    if job.policy == "batchpilot":
+        policy = BatchpilotPolicy(setup.spec(), start_replicas=setup.min_replicas)
+        setting = (
+            f"interval {setup.interval_s:g} s, scale-down delay {setup.scale_down_delay_s:g} s"
+        )
+    elif job.policy == "static":
+        policy = StaticPolicy(job.replicas, config)
+        setting = f"{job.replicas} replicas, batch {job.max_batch}, wait {job.wait_ms:g} ms"
+    else:
+        policy = HpaPolicy(
+            job.hpa_target,
+            config,
+            setup.min_replicas,
+            setup.max_replicas,
+            start_replicas=setup.min_replicas,
+        )
+        setting = (
+            f"queue/replica {job.hpa_target:g}, batch {job.max_batch}, wait {job.wait_ms:g} ms"
+        )
+    settings = ClusterSettings(
+        startup_s=setup.startup_s, config_delay_s=setup.config_delay_s, seed=setup.seed
+    )
+    t0 = time.perf_counter()
+    res = run_virtual(
+        simulate(
+            trace,
+            policy,
+            profile,
+            target_s=setup.target_ms / 1000,
+            settings=settings,
+            seed=setup.seed,
+        )
+    )
+    return Summary(
+        trace=job.trace,
+        policy=job.policy,
+        setting=setting,
+        requests=res.requests,
+        within=res.within,
+        p95_ms=res.quantile(0.95) * 1e3,
+        p99_ms=res.quantile(0.99) * 1e3,
+        replica_seconds=res.replica_seconds,
+        mean_batch=res.mean_batch,
+        decisions=len(res.decisions),
+        wall_s=time.perf_counter() - t0,
+        series=_series(res),
+    )
+
+
+def _run_all(setup: Setup, jobs: list[Job], workers: int) -> list[Summary]:
+    if workers <= 1:
+        return [run_job(setup, j) for j in jobs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(run_job, [setup] * len(jobs), jobs))
+
+
+def static_replicas(setup: Setup, max_batch: int, wait_ms: float, workers: int) -> int:
+    """The fewest fixed replicas that hold the SLO for two minutes at the peak rate."""
+    profile = ServiceProfile.load(Path(setup.profile_path))
+    per = profile.capacity(max_batch)
+    first = max(1, math.ceil(setup.peak / per))
+    candidates = list(range(first, first + 4))
+    out = {}
+    for n in candidates:
+        trace = Trace("peak", 120.0, lambda _t: setup.peak, setup.peak)
+        res = run_virtual(
+            simulate(
+                trace,
+                StaticPolicy(n, BatchingConfig(max_batch_size=max_batch, max_wait_ms=wait_ms)),
+                profile,
+                target_s=setup.target_ms / 1000,
+                seed=setup.seed,
+            )
+        )
+        out[n] = res.within
+        if res.within >= 0.99:
+            return n
+    return candidates[-1]
+
+
+def fmt_table(rows: list[Summary], hpa_best: dict[str, Summary]) -> str:
+    lines = [
+        "| trace | policy | setting | within target | p95 ms | p99 ms | replica-s | vs HPA |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = hpa_best.get(r.trace)
+        ratio = f"{r.replica_seconds / base.replica_seconds:.2f}x" if base else "-"
+        lines.append(
+            f"| {r.trace} | {r.policy} | {r.setting} | {100 * r.within:.2f}% | {r.p95_ms:.0f} |"
+            f" {min(r.p99_ms, 99_999):.0f} | {r.replica_seconds:.0f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[Summary], path: Path, target_ms: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r.trace for r in rows))
+    fig, axes = plt.subplots(4, len(names), figsize=(4.2 * len(names), 10), sharex="col")
+    colors = {"batchpilot": "tab:blue", "hpa": "tab:orange", "static": "tab:gray"}
+    for c, name in enumerate(names):
+        for r in (r for r in rows if r.trace == name):
+            s = r.series
+            col = colors[r.policy]
+            if r.policy == "batchpilot":
+                axes[0, c].plot(s["t"], s["rate"], color="black", lw=1)
+                axes[3, c].step(s["t"], s["max_batch"], where="post", color=col)
+            axes[1, c].step(s["t"], s["replicas"], where="post", color=col, label=r.policy)
+            axes[2, c].plot(s["t"], np.minimum(s["p95_ms"], 5000), color=col, lw=1)
+        axes[2, c].axhline(target_ms, color="red", ls="--", lw=0.8)
+        axes[2, c].set_yscale("log")
+        axes[0, c].set_title(name)
+        axes[3, c].set_xlabel("time (s)")
+    axes[0, 0].set_ylabel("requests/s")
+    axes[1, 0].set_ylabel("replicas")
+    axes[2, 0].set_ylabel("p95 per 10 s (ms)")
+    axes[3, 0].set_ylabel("batchpilot max batch")
+    axes[1, 0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short traces, a small sweep")
+    parser.add_argument("--profile", type=Path, default=HERE / "service_profile.json")
+    parser.add_argument("--target-ms", type=float, default=200.0)
+    parser.add_argument("--peak", type=float, default=420.0)
+    parser.add_argument("--max-replicas", type=int, default=6)
+    parser.add_argument("--startup-s", type=float, default=10.0)
+    parser.add_argument("--interval-s", type=float, default=15.0)
+    parser.add_argument("--scale-down-delay-s", type=float, default=120.0)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    setup = Setup(
+        profile_path=str(args.profile),
+        target_ms=args.target_ms,
+        peak=args.peak,
+        duration_s=240.0 if args.quick else 600.0,
+        min_replicas=1,
+        max_replicas=args.max_replicas,
+        startup_s=args.startup_s,
+        config_delay_s=(2.0, 10.0),
+        interval_s=args.interval_s,
+        scale_down_delay_s=args.scale_down_delay_s,
+        seed=1,
+    )
+    names = [t.name for t in traces.all_traces(setup.peak, setup.duration_s)]
+    batch_configs = [(8, 2.0), (16, 5.0)] if args.quick else [(8, 2.0), (16, 5.0), (32, 5.0)]
+    targets = [2.0, 8.0] if args.quick else [1.0, 2.0, 4.0, 8.0, 16.0]
+    started = time.perf_counter()
+    jobs = [Job(n, "batchpilot") for n in names]
+    jobs += [
+        Job(n, "hpa", hpa_target=t, max_batch=b, wait_ms=w)
+        for n in names
+        for b, w in batch_configs
+        for t in targets
+    ]
+    results = _run_all(setup, jobs, args.workers)
+    sweep = [r for r in results if r.policy == "hpa"]
+    hpa_best: dict[str, Summary] = {}
+    for n in names:
+        cands = [r for r in sweep if r.trace == n]
+        ok = [r for r in cands if r.within >= 0.95]
+        pool = ok or cands
+        key = (lambda r: r.replica_seconds) if ok else (lambda r: -r.within)
+        hpa_best[n] = min(pool, key=key)
+    # static: the winning HPA batch config on the most common trace, sized for the peak
+    b, w = max(
+        batch_configs,
+        key=lambda bw: sum(
+            1 for r in hpa_best.values() if r.setting.endswith(f"batch {bw[0]}, wait {bw[1]:g} ms")
+        ),
+    )
+    n_static = static_replicas(setup, b, w, args.workers)
+    statics = _run_all(
+        setup,
+        [Job(n, "static", replicas=n_static, max_batch=b, wait_ms=w) for n in names],
+        args.workers,
+    )
+    bp = [r for r in results if r.policy == "batchpilot"]
+    rows = []
+    for n in names:
+        rows += [r for r in bp if r.trace == n]
+        rows.append(hpa_best[n])
+        rows += [r for r in statics if r.trace == n]
+    elapsed = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = fmt_table(rows, hpa_best)
+    sweep_table = "\n".join(
+        f"| {r.trace} | {r.setting} | {100 * r.within:.2f}% | {r.replica_seconds:.0f} |"
+        for r in sorted(sweep, key=lambda r: (r.trace, r.setting))
+    )
+    (args.out / "loop.json").write_text(
+        json.dumps(
+            {
+                "setup": asdict(setup),
+                "rows": [{k: v for k, v in asdict(r).items() if k != "series"} for r in rows],
+                "hpa_sweep": [{k: v for k, v in asdict(r).items() if k != "series"} for r in sweep],
+                "elapsed_s": elapsed,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    plot(rows, args.out / "loop.png", setup.target_ms)
+    print(table)
+    print(f"\n{len(results) + len(statics)} runs in {elapsed:.0f} s")
+    (args.out / "loop.sweep.md").write_text(
+        "| trace | HPA setting | within target | replica-s |\n|---|---|---:|---:|\n"
+        + sweep_table
+        + "\n"
+    )
+    (args.out / "loop.table.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
