@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 
 class AddressesExhaustedError(RuntimeError):
@@ -27,16 +28,17 @@ class IPAllocator:
         self._by_key: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def allocate(self, key: str) -> str:
+    def allocate(self, key: str, usable: Callable[[str], bool] | None = None) -> str:
+        """The key's address; a new one must also pass `usable` (e.g. its ports are free)."""
         with self._lock:
             if key in self._by_key:
                 return self._by_key[key]
             used = set(self._by_key.values())
             for ip in self._pool:
-                if ip not in used:
+                if ip not in used and (usable is None or usable(ip)):
                     self._by_key[key] = ip
                     return ip
-            raise AddressesExhaustedError(f"all {len(self._pool)} pod addresses are in use")
+            raise AddressesExhaustedError(f"no free pod address left in {len(self._pool)}")
 
     def release(self, key: str) -> None:
         with self._lock:
@@ -49,3 +51,16 @@ class IPAllocator:
     def in_use(self) -> dict[str, str]:
         with self._lock:
             return dict(self._by_key)
+
+
+def ports_free(ip: str, ports: Sequence[int]) -> bool:
+    """True when every TCP port can be bound on `ip` (nobody else, e.g. another local
+    cluster's pod, already listens there)."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                return False
+    return True

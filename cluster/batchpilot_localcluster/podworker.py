@@ -20,7 +20,7 @@ from typing import Any
 
 from batchpilot_localcluster.containers import Backoff, ContainerRunner, Launch, rfc3339
 from batchpilot_localcluster.images import ImageMap, resolve_executable, scripts_dir
-from batchpilot_localcluster.ipam import IPAllocator
+from batchpilot_localcluster.ipam import IPAllocator, ports_free
 from batchpilot_localcluster.kubeapi import ApiError, KubeAPI
 from batchpilot_localcluster.podspec import (
     HOST_ENV,
@@ -206,7 +206,13 @@ class PodWorker(threading.Thread):
 
     def _tick(self, pod: JSON, now: float) -> None:
         if not self.pod_ip:
-            self.pod_ip = self.ctx.ipam.allocate(self.uid)
+            ports = [
+                int(port["containerPort"])
+                for container in [*self.init, *self.containers]
+                for port in container.spec.get("ports") or []
+                if port.get("protocol", "TCP") == "TCP"
+            ]
+            self.pod_ip = self.ctx.ipam.allocate(self.uid, lambda ip: ports_free(ip, ports))
             self.pod_dir.mkdir(parents=True, exist_ok=True)
         trigger = _sync_trigger(pod)
         if trigger != self.trigger or now >= self.next_sync:
