@@ -31,20 +31,10 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
 
-BAD_WAITING_REASONS = frozenset(
-    {
-        "CrashLoopBackOff",
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "ErrImageNeverPull",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-        "PreStartHookError",
-        "PostStartHookError",
-    }
-)
+BENIGN_WAITING_REASONS = frozenset({"", "ContainerCreating", "PodInitializing"})
+"""Waiting reasons of a container on its way up; any other (CrashLoopBackOff,
+ImagePullBackOff, ErrImagePull, CreateContainerConfigError, a runtime's own reason such as
+ImageNotRunnable, ...) is a problem worth a Degraded condition."""
 MAX_MESSAGE = 1024
 
 
@@ -103,7 +93,7 @@ def _container_problem(pod: str, cs: Mapping[str, Any]) -> Problem | None:
     waiting = _get(cs, "state", "waiting")
     terminated = _get(cs, "state", "terminated")
     last = _get(cs, "lastState", "terminated")
-    if waiting and waiting.get("reason") in BAD_WAITING_REASONS:
+    if waiting and (waiting.get("reason") or "") not in BENIGN_WAITING_REASONS:
         reason = waiting["reason"]
         text = f"pod {pod} container {container}: {reason}"
         if waiting.get("message"):

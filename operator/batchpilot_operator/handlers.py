@@ -167,6 +167,8 @@ class _Slot:
 
 _slots: dict[tuple[str, str], _Slot] = {}
 _slots_lock = threading.Lock()
+_completed = 0
+"""Reconciles completed by this process (reported by the liveness endpoint)."""
 
 
 def converge(
@@ -237,11 +239,15 @@ def _converge_locked(
         return None  # the garbage collector removes the children through owner references
     bm = BatchedModel.from_body(body)
     try:
-        return _apply(bm, body, logger=logger, adjust=adjust, extra=extra_status, s=settings, c=c)
+        result = _apply(bm, body, logger=logger, adjust=adjust, extra=extra_status, s=settings, c=c)
     except _NETWORK_ERRORS as exc:
         error = _classify(exc)
         _record_failure(bm, body, error, c, logger)
         raise error from exc
+    global _completed
+    with _slots_lock:
+        _completed += 1
+    return result
 
 
 def _apply(
@@ -539,6 +545,13 @@ def pod_changed(*, body: kopf.Body, namespace: str | None, logger: Log, **_: Any
 
 @kopf.on.probe(id="models")
 def models_probe(**_: Any) -> int:
-    """Liveness report: how many BatchedModels this process has reconciled."""
+    """Liveness report: how many BatchedModels this process has seen."""
     with _slots_lock:
         return len(_slots)
+
+
+@kopf.on.probe(id="reconciles")
+def reconciles_probe(**_: Any) -> int:
+    """Liveness report: how many reconciles this process has completed."""
+    with _slots_lock:
+        return _completed

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -321,6 +322,10 @@ def test_batching_edit_rewrites_only_the_configmap(operator: Operator, models: M
     assert template(unchanged) == template(deployment)
 
 
+def rolled_out(deployment: JSON, old_hash: str) -> JSON | None:
+    return deployment if spec_hash(deployment) != old_hash else None
+
+
 def test_model_edit_rolls_the_deployment(operator: Operator, models: Models) -> None:
     models.apply("roll", kwok_spec())
     models.wait_ready("roll")
@@ -332,9 +337,7 @@ def test_model_edit_rolls_the_deployment(operator: Operator, models: Models) -> 
         "-p", '{"spec": {"model": {"uri": "hf://BAAI/bge-small-en-v1.5"}}}',
     )  # fmt: skip
     rolled = until(
-        lambda: (
-            (d := models.must("deployment", "roll")) and spec_hash(d) != spec_hash(deployment) and d
-        ),
+        lambda: rolled_out(models.must("deployment", "roll"), spec_hash(deployment)),
         "a new pod template",
     )
     assert rolled["metadata"]["generation"] > deployment["metadata"]["generation"]
@@ -397,6 +400,10 @@ def test_drift_is_put_back(operator: Operator, models: Models) -> None:
     assert "Updated Deployment drift" in events
 
 
+def absent(models: Models, kind: str, name: str) -> bool:
+    return models.get(kind, name) is None
+
+
 def test_delete_removes_every_child(operator: Operator, models: Models) -> None:
     models.apply("gone", kwok_spec())
     models.wait_ready("gone")
@@ -406,7 +413,7 @@ def test_delete_removes_every_child(operator: Operator, models: Models) -> None:
         ("service", "gone"),
         ("configmap", "gone-batching"),
     ):
-        until(lambda k=kind, n=name: models.get(k, n) is None, f"{kind}/{name} to be collected")
+        until(partial(absent, models, kind, name), f"{kind}/{name} to be collected")
     until(
         lambda: (
             not models.kubectl(

@@ -122,7 +122,10 @@ def test_namespaced_install_uses_roles_in_each_watched_namespace() -> None:
     }
     assert len(find(docs, "RoleBinding")) == 4
     (cluster_role,) = find(docs, "ClusterRole")
-    assert set(rules(cluster_role)) == {("apiextensions.k8s.io", "customresourcedefinitions")}
+    assert rules(cluster_role) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("", "namespaces"): {"list", "watch"},
+    }
     assert not find(docs, "ClusterKopfPeering")
     assert not find(docs, "KopfPeering")
     with_peering = render("watchNamespaces={models}")

@@ -120,6 +120,11 @@ def test_crashing_model_is_degraded_with_the_pods_reason() -> None:
     [
         (pod(phase="Pending", containerStatuses=[waiting("ImagePullBackOff")]), "ImagePullBackOff"),
         (pod(phase="Pending", containerStatuses=[waiting("ErrImagePull")]), "ErrImagePull"),
+        (pod(phase="Pending", containerStatuses=[waiting("ImageNotRunnable")]), "ImageNotRunnable"),
+        (
+            pod(phase="Pending", containerStatuses=[waiting("CreateContainerConfigError")]),
+            "CreateContainerConfigError",
+        ),
         (
             pod(
                 phase="Pending",
