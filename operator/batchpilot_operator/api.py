@@ -37,7 +37,8 @@ MAX_REPLICAS_LIMIT = 1000
 MAX_GPUS_PER_REPLICA = 16
 MAX_LATENCY_TARGET_MS = 600_000.0
 
-Task = Literal["embedding", "classification", "generation"]
+# The runtime's tasks (batchpilot_runtime.backends.TASKS); generation joins when it serves it.
+Task = Literal["embedding", "classification"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -94,7 +95,7 @@ class ModelSource(_Base):
         ),
     )
     task: Task = Field(
-        description="What the model does: embedding, classification or generation.",
+        description="What the model does: embedding (vectors) or classification (labels).",
     )
     revision: str | None = Field(
         default=None,

@@ -27,9 +27,11 @@ CONTAINER_NAME = "runtime"
 CONFIG_DIR = str(DEFAULT_CONFIG_PATH.parent)
 CONFIG_PATH = str(DEFAULT_CONFIG_PATH)
 CACHE_DIR = "/var/cache/batchpilot"
-"""Writable model cache (an emptyDir): the root filesystem is read-only."""
-MODEL_MOUNT_DIR = "/var/lib/batchpilot/model"
-"""Where a pvc:// model's claim is mounted, read-only."""
+"""Writable cache (an emptyDir) for what libraries write while loading a model (for example
+the code of trustRemoteCode models): the root filesystem is read-only."""
+PVC_ROOT = "/mnt/pvc"
+"""Where pvc:// claims are mounted, read-only: the runtime resolves ``pvc://claim/path`` to
+``$BATCHPILOT_PVC_ROOT/claim/path``."""
 RUN_AS_ID = 10001
 TERMINATION_GRACE_SECONDS = 60
 PROGRESS_DEADLINE_SECONDS = 900
@@ -98,14 +100,11 @@ def spec_hash(bm: BatchedModel, settings: OperatorSettings = _DEFAULT_SETTINGS) 
 
 
 def model_argument(bm: BatchedModel) -> str:
-    """The runtime's ``--model`` value: revision folded into hf:// URIs (``hf://org/name@rev``);
-    pvc:// URIs become a file:// path under the claim's read-only mount."""
+    """The runtime's ``--model`` value: the URI, with the revision folded into hf:// URIs
+    (``hf://org/name@revision``, the runtime's syntax)."""
     model = bm.spec.model
     if model.uri.startswith("hf://") and model.revision:
         return f"{model.uri}@{model.revision}"
-    if model.uri.startswith("pvc://"):
-        _claim, _, path = model.uri.removeprefix("pvc://").partition("/")
-        return f"file://{MODEL_MOUNT_DIR}/{path}".rstrip("/")
     return model.uri
 
 
@@ -121,6 +120,9 @@ def _env(bm: BatchedModel) -> list[dict[str, Any]]:
         env.append({"name": "BATCHPILOT_DTYPE", "value": model.dtype})
     if model.trust_remote_code:
         env.append({"name": "BATCHPILOT_TRUST_REMOTE_CODE", "value": "true"})
+        env.append({"name": "HF_MODULES_CACHE", "value": f"{CACHE_DIR}/modules"})
+    if _pvc_claim(bm):
+        env.append({"name": "BATCHPILOT_PVC_ROOT", "value": PVC_ROOT})
     env += [e.model_dump(by_alias=True, exclude_none=True) for e in bm.spec.env or []]
     return env
 
@@ -194,9 +196,10 @@ def _container(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
     resources = _resources(bm)
     if resources:
         container["resources"] = resources
-    if _pvc_claim(bm):
+    claim = _pvc_claim(bm)
+    if claim:
         container["volumeMounts"].append(
-            {"name": "model", "mountPath": MODEL_MOUNT_DIR, "readOnly": True}
+            {"name": "model", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
         )
     return container
 

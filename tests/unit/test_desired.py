@@ -115,13 +115,19 @@ def test_runtime_args_are_the_runtime_cli() -> None:
     assert "--host" not in args
 
 
-def test_model_argument_folds_revision_and_maps_pvc() -> None:
+def test_model_argument_folds_the_revision_into_hf_uris() -> None:
     assert desired.model_argument(make(FULL)) == "hf://org/private-model@v1.2"
-    assert desired.model_argument(make(PVC)) == "file:///var/lib/batchpilot/model/bert/base"
-    pvc_root = make({"model": {"uri": "pvc://models", "task": "embedding"}})
-    assert desired.model_argument(pvc_root) == "file:///var/lib/batchpilot/model"
+    assert desired.model_argument(make(BASIC)) == "hf://org/model"
+
+
+def test_pvc_models_mount_the_claim_where_the_runtime_looks() -> None:
     dep = desired.desired_deployment(make(PVC), state())
-    claims = [v for v in dep["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    c = container(dep)
+    assert c["args"][1] == "pvc://models/bert/base"
+    assert {"name": "BATCHPILOT_PVC_ROOT", "value": "/mnt/pvc"} in c["env"]
+    assert {"name": "model", "mountPath": "/mnt/pvc/models", "readOnly": True} in c["volumeMounts"]
+    volumes = dep["spec"]["template"]["spec"]["volumes"]
+    claims = [v for v in volumes if "persistentVolumeClaim" in v]
     assert claims == [
         {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
     ]
