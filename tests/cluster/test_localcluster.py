@@ -390,7 +390,7 @@ def test_kwok_gpu_nodes_accept_pods_until_full(cluster: LocalCluster, namespace:
     default = cluster.api.get("/api/v1/nodes", {"labelSelector": "type=kwok"})["items"]
     assert len(default) >= 2
     for node in default:
-        assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
+        assert int(node["status"]["allocatable"]["nvidia.com/gpu"]) > 0
 
     # Nodes of our own, so that other tests using the shared GPU nodes cannot interfere.
     pool = f"pool-{uuid.uuid4().hex[:6]}"
