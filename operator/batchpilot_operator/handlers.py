@@ -264,6 +264,8 @@ def _apply(
     state = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
     if adjust is not None:
         state = adjust(bm, state)
+        if bm.spec.autoscaling.enabled:
+            state = state.clamped(bm.spec)  # a decision never leaves the spec's bounds
     live_cm = _read(c.core.read_namespaced_config_map, desired.configmap_name(name), ns)
     state = api.settle_generation(state, bm.spec, _written_config(live_cm))
 

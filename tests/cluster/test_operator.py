@@ -18,17 +18,20 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes
 import pytest
 import yaml
 
 from batchpilot_localcluster.cluster import LocalCluster
 from batchpilot_localcluster.kwokconfig import gpu_toleration
 from batchpilot_localcluster.waits import wait_for
-from batchpilot_operator import desired
+from batchpilot_operator import desired, handlers
+from batchpilot_operator.api import BatchedModel, TunedState
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "batchedmodels.yaml"
@@ -635,3 +638,68 @@ def test_helm_install_runs_the_operator_with_only_the_charts_rbac(
         assert "403" not in log
     finally:
         cluster.helm("uninstall", release, "-n", namespace, "--wait", check=False)
+
+
+def test_tuning_hook_applies_a_decision_that_persists(
+    cluster: LocalCluster, namespace: str, crd: None, models: Models, tmp_path: Path
+) -> None:
+    """The tuning loop's entry point: converge(adjust=...) applies replicas to the
+    Deployment and batch size and wait to the ConfigMap, and the state survives in status."""
+    models.apply(
+        "tuned",
+        kwok_spec(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 4}),
+    )
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(cluster.kubeconfig), client_configuration=configuration
+    )
+    clients = handlers.Clients(kubernetes.client.ApiClient(configuration))
+    first = handlers.converge(namespace, "tuned", api_clients=clients)
+    assert first is not None
+    assert first.state == TunedState(1, 32, 5.0, 1)
+
+    def decide(bm: BatchedModel, state: TunedState) -> TunedState:
+        assert bm.name == "tuned"
+        return replace(state, replicas=3, max_batch_size=64, max_wait_ms=8.0)
+
+    decision = {"time": "2026-01-01T00:00:00Z", "action": "scale-up", "reason": "queue grows"}
+    done = handlers.converge(
+        namespace,
+        "tuned",
+        api_clients=clients,
+        adjust=decide,
+        extra_status={"lastDecision": decision},
+    )
+    assert done is not None
+    assert done.state == TunedState(3, 64, 8.0, 2)
+    assert sorted(a.split(" (")[0] for a in done.actions) == [
+        "Updated ConfigMap tuned-batching",
+        "Updated Deployment tuned",
+    ]
+    assert "Updated Deployment tuned (spec.replicas)" in done.actions
+    config = models.configmap_config("tuned")
+    assert (config["maxBatchSize"], config["maxWaitMs"], config["generation"]) == (64, 8.0, 2)
+    assert models.must("deployment", "tuned")["spec"]["replicas"] == 3
+    status = models.must("batchedmodel", "tuned")["status"]
+    assert status["tuned"]["replicas"] == 3
+    assert status["lastDecision"] == decision
+    # Beyond the bounds: clamped to maxReplicas.
+    wild = handlers.converge(
+        namespace, "tuned", api_clients=clients, adjust=lambda bm, s: replace(s, replicas=99)
+    )
+    assert wild is not None
+    assert wild.state.replicas == 4
+
+    # An operator process started now resumes from status.tuned: nothing is reverted.
+    op = Operator(cluster, namespace, tmp_path / "operator.log")
+    op.start()
+    try:
+        until(
+            lambda: (h := op.health()) and h.get("reconciles", 0) >= 1,
+            "the operator to reconcile",
+        )
+        models.wait_ready("tuned")
+        assert models.must("deployment", "tuned")["spec"]["replicas"] == 4
+        assert models.configmap_config("tuned")["generation"] == 2
+    finally:
+        op.stop()
