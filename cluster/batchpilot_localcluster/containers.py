@@ -21,6 +21,9 @@ from batchpilot_localcluster.processes import Process, ProcessRegistry, describe
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 
+#: How soon a container that could not start (image, config) is tried again.
+RETRY_SECONDS = 1.0
+
 
 def rfc3339(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
@@ -183,6 +186,7 @@ class ContainerRunner:
                 return False
             plan = launch(self.spec)
             if plan.waiting_reason:
+                self.not_before = now + RETRY_SECONDS
                 before = self.state
                 self.wait(plan.waiting_reason, plan.waiting_message)
                 return before != self.state

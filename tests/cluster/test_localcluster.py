@@ -459,3 +459,72 @@ def test_kwok_gpu_nodes_accept_pods_until_full(cluster: LocalCluster, namespace:
         cluster.kubectl("-n", namespace, "delete", "pods", "-l", f"pool={pool}", "--wait=false")
         for name in names:
             cluster.kubectl("delete", "node", name, "--wait=false", check=False)
+
+
+def test_init_containers_secrets_and_shared_empty_dir(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    cluster.kubectl(
+        "-n", namespace, "create", "secret", "generic", "creds", "--from-literal=key=s3"
+    )
+    write = "import os, pathlib; pathlib.Path(os.environ['OUT']).write_text('from-init')"
+    deployment = app_deployment("init")
+    spec = deployment["spec"]["template"]["spec"]
+    spec["volumes"] = [
+        {"name": "shared", "emptyDir": {}},
+        {"name": "creds", "secret": {"secretName": "creds"}},
+    ]
+    spec["initContainers"] = [
+        {
+            "name": "prepare",
+            "image": "batchpilot/python:test",
+            "args": ["-c", write],
+            "env": [{"name": "OUT", "value": "/shared/marker"}],
+            "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+        }
+    ]
+    app = spec["containers"][0]
+    app["volumeMounts"] = [
+        {"name": "shared", "mountPath": "/shared"},
+        {"name": "creds", "mountPath": "/var/run/creds", "readOnly": True},
+    ]
+    app["env"] += [
+        {"name": "MARKER", "value": "/shared/marker"},
+        {"name": "KEY_FILE", "value": "/var/run/creds/key"},
+        {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "key"}}},
+    ]
+    cluster.apply(deployment, "-n", namespace)
+    (pod,) = cluster.wait_pods(namespace, "app=init")
+    ip = pod["status"]["podIP"]
+    marker = json.loads(http_get(ip, "/env?name=MARKER")[1])
+    key_file = json.loads(http_get(ip, "/env?name=KEY_FILE")[1])
+    assert http_get(ip, f"/file?path={marker}") == (200, "from-init")
+    assert http_get(ip, f"/file?path={key_file}") == (200, "s3")
+    assert http_get(ip, "/env?name=KEY") == (200, '"s3"')
+    (init,) = pod["status"]["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
+
+
+def test_failing_liveness_probe_restarts_the_container(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    deployment = app_deployment("sick")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["livenessProbe"] = {
+        "httpGet": {"path": "/no-such-path", "port": 8080},
+        "initialDelaySeconds": 1,
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    }
+    cluster.apply(deployment, "-n", namespace)
+
+    def restarted() -> JSON | None:
+        for pod in cluster.pods(namespace, "app=sick"):
+            for status in pod.get("status", {}).get("containerStatuses") or []:
+                if status.get("restartCount", 0) >= 1 and status.get("lastState"):
+                    return dict(status)
+        return None
+
+    status = wait_for(restarted, timeout=90, what="a restart after failed liveness probes")
+    terminated = status["lastState"]["terminated"]
+    assert "Liveness probe failed" in terminated["message"]
