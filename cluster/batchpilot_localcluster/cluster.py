@@ -460,12 +460,45 @@ class LocalCluster:
         return name
 
     def delete_namespace(self, name: str) -> None:
-        """Delete without waiting; finalizers never block the caller."""
+        """Delete without waiting. Finalizers left on custom objects (say, by an operator that
+        no longer runs) are removed so that the namespace really goes away."""
         try:
             self.api.delete(f"/api/v1/namespaces/{name}", {"propagationPolicy": "Background"})
         except ApiError as error:
             if error.status != 404:
                 raise
+            return
+        self.drop_custom_finalizers(name)
+
+    def drop_custom_finalizers(self, namespace: str) -> int:
+        """Clear metadata.finalizers of every custom object in `namespace`; return how many."""
+        crds = self.api.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")["items"]
+        cleared = 0
+        for crd in crds:
+            spec = crd["spec"]
+            if spec.get("scope") != "Namespaced":
+                continue
+            version = next((v["name"] for v in spec["versions"] if v.get("served")), None)
+            if version is None:
+                continue
+            base = (
+                f"/apis/{spec['group']}/{version}/namespaces/{namespace}/{spec['names']['plural']}"
+            )
+            try:
+                items = self.api.get(base)["items"]
+            except ApiError:
+                continue
+            for item in items:
+                if not item["metadata"].get("finalizers"):
+                    continue
+                patch = {"metadata": {"finalizers": None}}
+                try:
+                    self.api.patch(f"{base}/{item['metadata']['name']}", patch, patch_type="merge")
+                    cleared += 1
+                except ApiError as error:
+                    if error.status != 404:
+                        raise
+        return cleared
 
     # -- pods ----------------------------------------------------------------------------
 

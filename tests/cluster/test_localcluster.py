@@ -106,9 +106,9 @@ def test_components_listen_on_loopback_only(cluster: LocalCluster) -> None:
     assert "bindAddress: 127.0.0.1" in config
 
 
-def test_crd_serves_custom_objects(cluster: LocalCluster, namespace: str) -> None:
-    group = f"t{uuid.uuid4().hex[:8]}.batchpilot.dev"
-    crd = {
+def widget_crd(group: str) -> JSON:
+    """A small namespaced CRD, Widget, with a validated spec.size."""
+    return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"widgets.{group}"},
@@ -136,6 +136,11 @@ def test_crd_serves_custom_objects(cluster: LocalCluster, namespace: str) -> Non
             ],
         },
     }
+
+
+def test_crd_serves_custom_objects(cluster: LocalCluster, namespace: str) -> None:
+    group = f"t{uuid.uuid4().hex[:8]}.batchpilot.dev"
+    crd = widget_crd(group)
     cluster.apply(crd)
     try:
         cluster.kubectl(
@@ -528,3 +533,28 @@ def test_failing_liveness_probe_restarts_the_container(
     status = wait_for(restarted, timeout=90, what="a restart after failed liveness probes")
     terminated = status["lastState"]["terminated"]
     assert "Liveness probe failed" in terminated["message"]
+
+
+def test_namespaces_go_away_even_with_finalizers_nobody_handles(cluster: LocalCluster) -> None:
+    group = f"t{uuid.uuid4().hex[:8]}.batchpilot.dev"
+    cluster.apply(widget_crd(group))
+    try:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=60s"
+        )
+        name = cluster.create_namespace("finalizers")
+        widget = {
+            "apiVersion": f"{group}/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w", "namespace": name, "finalizers": ["example.com/never"]},
+            "spec": {"size": 1},
+        }
+        cluster.apply(widget)
+        cluster.delete_namespace(name)
+        wait_for(
+            lambda: cluster.api.get_or_none(f"/api/v1/namespaces/{name}") is None,
+            timeout=120,
+            what=f"namespace {name} to be gone",
+        )
+    finally:
+        cluster.kubectl("delete", "crd", f"widgets.{group}", "--wait=false")
