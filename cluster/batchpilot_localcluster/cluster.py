@@ -268,6 +268,8 @@ class LocalCluster:
         try:
             yield started
         finally:
+            with contextlib.suppress(ClusterError, ApiError, OSError):
+                self.release_terminating_test_namespaces()
             with self.locked():
                 token.unlink(missing_ok=True)
                 keep = os.environ.get("BATCHPILOT_KEEP_CLUSTER", "") not in ("", "0")
@@ -469,6 +471,15 @@ class LocalCluster:
                 raise
             return
         self.drop_custom_finalizers(name)
+
+    def release_terminating_test_namespaces(self) -> None:
+        """Unblock test namespaces stuck in Terminating on finalizers nobody handles."""
+        namespaces = self.api.get(
+            "/api/v1/namespaces", {"labelSelector": "batchpilot.dev/test=true"}
+        )
+        for namespace in namespaces["items"]:
+            if namespace.get("status", {}).get("phase") == "Terminating":
+                self.drop_custom_finalizers(namespace["metadata"]["name"])
 
     def drop_custom_finalizers(self, namespace: str) -> int:
         """Clear metadata.finalizers of every custom object in `namespace`; return how many."""
