@@ -90,6 +90,9 @@ def parse(cls: type[BodyT], body: bytes) -> BodyT:
             # Drop the union-member tags pydantic adds ("input.str", "input.list[str]").
             parts = [str(p) for p in err["loc"] if not _is_type_tag(p)]
             problems.setdefault(".".join(parts) or "body", []).append(err["msg"])
+        # A union alternative that got deeper ("input.1") explains more than the others.
+        for loc in [loc for loc in problems if any(o.startswith(loc + ".") for o in problems)]:
+            del problems[loc]
         message = "; ".join(f"{loc}: {' or '.join(msgs)}" for loc, msgs in problems.items())
         raise ApiError(422, message, param=next(iter(problems))) from None
 
