@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -44,8 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local cluster (reuses a running one)")
-    up.add_argument("--gpu-nodes", type=int, default=2, help="kwok nodes with GPUs (default 2)")
-    up.add_argument("--gpus-per-node", type=int, default=4, help="nvidia.com/gpu per kwok node")
+    up.add_argument(
+        "--gpu-nodes",
+        type=int,
+        default=int(os.environ.get("BATCHPILOT_GPU_NODES", "2")),
+        help="kwok nodes with GPUs (default: $BATCHPILOT_GPU_NODES or 2)",
+    )
+    up.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=int(os.environ.get("BATCHPILOT_GPUS_PER_NODE", "4")),
+        help="nvidia.com/gpu per kwok node (default: $BATCHPILOT_GPUS_PER_NODE or 4)",
+    )
     up.add_argument("--agent-arg", action="append", default=[], help="extra node agent flag")
     sub.add_parser("down", help="stop everything `up` started")
     sub.add_parser("status", help="print the cluster's state as JSON")

@@ -20,12 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from batchpilot_localcluster import kwokconfig
 from batchpilot_localcluster.images import scripts_dir
 from batchpilot_localcluster.kubeapi import ApiError, KubeAPI
 from batchpilot_localcluster.nodeagent import DEFAULT_NODE_NAME
 from batchpilot_localcluster.paths import BUILD_COMMAND, CLUSTER_NAME, Layout
 from batchpilot_localcluster.processes import ProcessRegistry, pid_alive
+from batchpilot_localcluster.tokens import write_file_atomic
 from batchpilot_localcluster.waits import wait_for
 
 JSON = dict[str, Any]
@@ -512,6 +515,19 @@ class LocalCluster:
         return cleared
 
     # -- pods ----------------------------------------------------------------------------
+
+    def map_image(self, pattern: str, command: Sequence[str] | None) -> None:
+        """Teach the node agent to run images matching `pattern` as `command` (None: forget
+        the rule). The agent rereads its image map when the file changes."""
+        path = self.layout.image_map
+        with self.locked():
+            document = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+            rules = [r for r in document.get("images", []) if r.get("pattern") != pattern]
+            if command is not None:
+                rules.insert(0, {"pattern": pattern, "command": list(command)})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump({"images": rules}, sort_keys=False)
+            write_file_atomic(path, text, mode=0o644)
 
     def pods(self, namespace: str, selector: str = "") -> list[JSON]:
         params = {"labelSelector": selector} if selector else None

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
+        format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     # One line per API request is noise; the agent logs what it does itself.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -558,3 +559,18 @@ def test_namespaces_go_away_even_with_finalizers_nobody_handles(cluster: LocalCl
         )
     finally:
         cluster.kubectl("delete", "crd", f"widgets.{group}", "--wait=false")
+
+
+def test_images_can_be_mapped_to_commands(cluster: LocalCluster, namespace: str) -> None:
+    pattern = f"example.test/app-{uuid.uuid4().hex[:6]}:*"
+    cluster.map_image(pattern, [sys.executable, str(APP)])
+    try:
+        deployment = app_deployment("mapped")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        container["image"] = pattern.replace("*", "1.0")
+        container["args"] = container["args"][1:]  # the image's command names the app
+        cluster.apply(deployment, "-n", namespace)
+        (pod,) = cluster.wait_pods(namespace, "app=mapped")
+        assert http_get(pod["status"]["podIP"], "/ready") == (200, "ok")
+    finally:
+        cluster.map_image(pattern, None)
