@@ -36,6 +36,8 @@ BENIGN_WAITING_REASONS = frozenset({"", "ContainerCreating", "PodInitializing"})
 ImagePullBackOff, ErrImagePull, CreateContainerConfigError, a runtime's own reason such as
 ImageNotRunnable, ...) is a problem worth a Degraded condition."""
 MAX_MESSAGE = 1024
+IN_FORCE_KEYS = ("maxBatchSize", "maxWaitMs", "configGeneration")
+"""Status fields that show the batching config in force."""
 
 
 def now_rfc3339(now: datetime | None = None) -> str:

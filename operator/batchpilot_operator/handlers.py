@@ -14,7 +14,19 @@ through ``converge(..., adjust=...)``: a function of (BatchedModel, TunedState) 
 new TunedState, applied under the same lock, so a decision and a spec edit never race.
 
 Handlers are synchronous (kopf runs them in its thread pool) because the kubernetes client
-is; an async timer can call ``await asyncio.to_thread(converge, ...)``.
+is; an async timer can call ``await asyncio.to_thread(converge, ...)``. A tuning timer looks
+like this (the state comes from ``status.tuned``; the new one is persisted there)::
+
+    @kopf.timer(*BM, interval=5.0)
+    def tune(*, name: str, namespace: str | None, logger: Log, **_: Any) -> None:
+        def adjust(bm: BatchedModel, state: TunedState) -> TunedState:
+            d = tuning.decide(observation, current_from(state), spec_from(bm), now)
+            return dataclasses.replace(
+                state, replicas=d.replicas, max_batch_size=d.max_batch_size,
+                max_wait_ms=d.max_wait_ms,
+            )
+        converge(namespace, name, logger=logger, adjust=adjust,
+                 extra_status={"lastDecision": ...}, in_force=config_the_pods_report)
 """
 
 from __future__ import annotations
@@ -178,11 +190,19 @@ def converge(
     logger: Log = LOGGER,
     adjust: Adjust | None = None,
     extra_status: Mapping[str, Any] | None = None,
+    in_force: BatchingConfig | None = None,
     coalesce: bool = False,
     settings: OperatorSettings | None = None,
     api_clients: Clients | None = None,
 ) -> Reconciled | None:
     """Bring the children and status of one BatchedModel in line with its spec.
+
+    For the tuning loop: ``adjust(bm, state)`` returns the state to apply (kept within the
+    spec's bounds; its config generation is settled against the ConfigMap);
+    ``extra_status`` adds status fields (the observation, ``lastDecision``); ``in_force`` is
+    the batching config the pods report running, shown in ``status.maxBatchSize``,
+    ``maxWaitMs`` and ``configGeneration``. Without ``in_force`` those show the config
+    written, except with autoscaling enabled once set: then they belong to the loop.
 
     Returns None if the object is gone (or folded into a run already waiting, with
     ``coalesce``). Raises :class:`TransientError` or :class:`PermanentError` on API failures,
@@ -203,6 +223,7 @@ def converge(
             logger=logger,
             adjust=adjust,
             extra_status=extra_status,
+            in_force=in_force,
             settings=settings or SETTINGS,
             c=api_clients or clients(),
         )
@@ -221,6 +242,7 @@ def _converge_locked(
     logger: Log,
     adjust: Adjust | None,
     extra_status: Mapping[str, Any] | None,
+    in_force: BatchingConfig | None,
     settings: OperatorSettings,
     c: Clients,
 ) -> Reconciled | None:
@@ -239,7 +261,16 @@ def _converge_locked(
         return None  # the garbage collector removes the children through owner references
     bm = BatchedModel.from_body(body)
     try:
-        result = _apply(bm, body, logger=logger, adjust=adjust, extra=extra_status, s=settings, c=c)
+        result = _apply(
+            bm,
+            body,
+            logger=logger,
+            adjust=adjust,
+            extra=extra_status,
+            in_force=in_force,
+            s=settings,
+            c=c,
+        )
     except _NETWORK_ERRORS as exc:
         error = _classify(exc)
         _record_failure(bm, body, error, c, logger)
@@ -257,6 +288,7 @@ def _apply(
     logger: Log,
     adjust: Adjust | None,
     extra: Mapping[str, Any] | None,
+    in_force: BatchingConfig | None,
     s: OperatorSettings,
     c: Clients,
 ) -> Reconciled:
@@ -290,7 +322,11 @@ def _apply(
         pods = _json(listing).get("items", [])
     observed = conditions.Observed(deployment, pods)
     now = conditions.now_rfc3339()
-    wanted_status = conditions.build_status(bm, state, observed, now)
+    wanted_status = conditions.build_status(bm, state, observed, now, in_force)
+    if in_force is None and bm.spec.autoscaling.enabled and bm.status.config_generation is not None:
+        # The loop reports what the pods run; do not overwrite it with what was merely written.
+        for key in conditions.IN_FORCE_KEYS:
+            wanted_status.pop(key, None)
     if extra:
         wanted_status.update(extra)
     patch = conditions.status_patch(body.get("status"), wanted_status)

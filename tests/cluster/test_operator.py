@@ -32,6 +32,7 @@ from batchpilot_localcluster.kwokconfig import gpu_toleration
 from batchpilot_localcluster.waits import wait_for
 from batchpilot_operator import desired, handlers
 from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_runtime.config import BatchingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "batchedmodels.yaml"
@@ -683,6 +684,14 @@ def test_tuning_hook_applies_a_decision_that_persists(
     status = models.must("batchedmodel", "tuned")["status"]
     assert status["tuned"]["replicas"] == 3
     assert status["lastDecision"] == decision
+    # What the pods report running (the loop reads it from their metrics) is what status
+    # shows as in force; a reconcile that does not know it leaves it alone.
+    reported = BatchingConfig(maxBatchSize=32, maxWaitMs=5.0, generation=1)
+    handlers.converge(namespace, "tuned", api_clients=clients, in_force=reported)
+    handlers.converge(namespace, "tuned", api_clients=clients)
+    status = models.must("batchedmodel", "tuned")["status"]
+    assert (status["maxBatchSize"], status["configGeneration"]) == (32, 1)
+    assert (status["tuned"]["maxBatchSize"], status["tuned"]["configGeneration"]) == (64, 2)
     # Beyond the bounds: clamped to maxReplicas.
     wild = handlers.converge(
         namespace, "tuned", api_clients=clients, adjust=lambda bm, s: replace(s, replicas=99)
