@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Models are read from local files only, never fetched from a hub at start-up.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # OpenMP threads that spin while waiting steal the cores from the tokeniser, the event
+    # loop and any neighbour; sleeping waiters cost nothing measurable and hold up far better
+    # on shared CPUs. Must be set before torch starts its thread pool.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         path = resolve_model_path(settings.model)
     except (FileNotFoundError, ValueError) as exc:

@@ -208,6 +208,7 @@ class Batcher:
         self._in_flight = 0
         self._in_flight_items = 0
         self._free_since = -math.inf
+        self._last_finish = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -451,7 +452,7 @@ class Batcher:
             if len(results) != len(live):
                 raise RuntimeError(f"model returned {len(results)} results for {len(live)} items")
         except Exception as exc:
-            self._record_batch(len(live), loop.time() - start)
+            self._record_batch(len(live), start)
             if len(live) == 1:
                 self.stats.items_failed += 1
                 _fail(live[0].future, exc)
@@ -465,7 +466,7 @@ class Batcher:
             await self._run_split(live[:mid])
             await self._run_split(live[mid:])
             return
-        self._record_batch(len(live), loop.time() - start)
+        self._record_batch(len(live), start)
         for item, result in zip(live, results, strict=True):
             if item.future.done():
                 continue
@@ -476,7 +477,13 @@ class Batcher:
                 self.stats.items_done += 1
                 item.future.set_result(result)
 
-    def _record_batch(self, size: int, duration: float) -> None:
+    def _record_batch(self, size: int, start: float) -> None:
+        """Account one model run. Its duration is the time the model spent on it alone: a
+        batch that started while another ran (pipelining) counts from that one's end, so the
+        durations add up to busy time and measure the service time of a batch."""
+        now = asyncio.get_running_loop().time()
+        duration = now - max(start, self._last_finish)
+        self._last_finish = now
         s = self.stats
         s.batches += 1
         s.batch_items += size

@@ -114,6 +114,18 @@ async def at(when: float) -> None:
     await asyncio.sleep(max(0.0, when - now()))
 
 
+class Recorder:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.batches: list[tuple[int, float]] = []
+
+    def batch_started(self, queue_waits: Sequence[float]) -> None:
+        self.waits.extend(queue_waits)
+
+    def batch_finished(self, size: int, duration: float) -> None:
+        self.batches.append((size, duration))
+
+
 def test_idle_fast_path_runs_a_lone_item_at_once() -> None:
     async def main() -> None:
         model = FakeModel()
@@ -130,7 +142,8 @@ def test_idle_fast_path_runs_a_lone_item_at_once() -> None:
 def test_size_trigger_starts_a_full_batch_while_the_model_is_busy() -> None:
     async def main() -> None:
         model = FakeModel(service=lambda n: 0.100)
-        batcher = Batcher(model, config(max_batch_size=3, max_wait_ms=1000.0))
+        recorder = Recorder()
+        batcher = Batcher(model, config(max_batch_size=3, max_wait_ms=1000.0), observer=recorder)
         batcher.start()
         first = batcher.submit("embed", "a")
         await at(0.010)
@@ -139,6 +152,8 @@ def test_size_trigger_starts_a_full_batch_while_the_model_is_busy() -> None:
         # b, c, d filled a batch at 10 ms and went at once, to be prepared while a ran.
         assert model.started == [(0.0, ["a"]), (0.010, ["b", "c", "d"])]
         assert model.max_concurrent == 2
+        # Durations are the model's time on each batch alone, not the pipelined wait.
+        assert recorder.batches == [(1, pytest.approx(0.100)), (3, pytest.approx(0.100))]
         await batcher.aclose()
 
     run_virtual(main)
@@ -380,18 +395,6 @@ def test_aclose_without_drain_fails_the_queue() -> None:
         assert all(isinstance(o, BatcherClosed) for o in outcomes[1:])
 
     run_virtual(main)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-        self.batches: list[tuple[int, float]] = []
-
-    def batch_started(self, queue_waits: Sequence[float]) -> None:
-        self.waits.extend(queue_waits)
-
-    def batch_finished(self, size: int, duration: float) -> None:
-        self.batches.append((size, duration))
 
 
 def test_observer_sees_waits_sizes_and_durations() -> None:
