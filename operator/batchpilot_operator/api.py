@@ -10,7 +10,7 @@ OpenAPI schema, and the rules that span several fields are written twice, once a
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -56,6 +56,15 @@ RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 """An extended resource name such as ``nvidia.com/gpu``."""
 
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+LabelValue = Annotated[
+    str,
+    Field(
+        max_length=63,
+        pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$",
+        description="A label value.",
+    ),
+]
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -114,6 +123,13 @@ class ModelSource(_Base):
     )
 
 
+_QUANTITY_RULE: JsonDict = {
+    "x-kubernetes-validations": [
+        _cel("isQuantity(self)", "must be a Kubernetes quantity, such as 500m, 2 or 4Gi")
+    ]
+}
+
+
 class Resources(_Base):
     """What each replica asks the scheduler for."""
 
@@ -126,11 +142,13 @@ class Resources(_Base):
     cpu: str | None = Field(
         default=None,
         pattern=QUANTITY_PATTERN,
+        json_schema_extra=_QUANTITY_RULE,
         description="CPU request per replica (a Kubernetes quantity such as 500m or 2).",
     )
     memory: str | None = Field(
         default=None,
         pattern=QUANTITY_PATTERN,
+        json_schema_extra=_QUANTITY_RULE,
         description="Memory request and limit per replica (a quantity such as 4Gi).",
     )
 
@@ -357,7 +375,7 @@ class BatchedModelSpec(_Base):
         pattern=RESOURCE_NAME_PATTERN,
         description="The extended resource that counts GPUs on this cluster's nodes.",
     )
-    node_selector: dict[str, str] | None = Field(
+    node_selector: dict[str, LabelValue] | None = Field(
         default=None, description="Node labels the runtime pods must be scheduled on."
     )
     tolerations: list[Toleration] | None = Field(

@@ -538,9 +538,15 @@ def reconcile(*, name: str, namespace: str | None, retry: int, logger: Log, **_:
 
 
 @kopf.timer(*BM, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
-def resync(*, name: str, namespace: str | None, logger: Log, **kwargs: Any) -> None:
-    """Level-triggered safety net: converge every BatchedModel periodically."""
-    _reconcile(namespace, name, int(kwargs.get("retry", 0)), logger)
+def resync(*, name: str, namespace: str | None, logger: Log, **_: Any) -> None:
+    """Level-triggered safety net: converge every BatchedModel periodically. Failures are
+    logged, never raised: the timer must keep ticking, and the next tick retries."""
+    if namespace is None:
+        return
+    try:
+        converge(namespace, name, logger=logger, coalesce=True)
+    except (TransientError, PermanentError) as exc:
+        logger.warning(f"resync failed, retried in {SETTINGS.resync_seconds:.0f}s: {exc}")
 
 
 @kopf.on.delete(*BM, optional=True)

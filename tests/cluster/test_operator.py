@@ -503,6 +503,28 @@ def test_pod_failures_show_as_degraded(operator: Operator, models: Models) -> No
     assert degraded["reason"] in events
 
 
+def test_a_child_the_api_server_refuses_shows_as_degraded(
+    operator: Operator, models: Models
+) -> None:
+    # The CRD does not check toleration keys; the Deployment's validation does.
+    models.apply(
+        "refused", {**kwok_spec(), "tolerations": [{"key": "not a key", "operator": "Exists"}]}
+    )
+    degraded = until(
+        lambda: (c := models.condition("refused", "Degraded")) and c["status"] == "True" and c,
+        "Degraded=True for the refused Deployment",
+    )
+    assert degraded["reason"] == "InvalidChild"
+    assert "tolerations" in degraded["message"]
+    assert models.get("deployment", "refused") is None
+    # Fixing the spec clears it.
+    models.apply("refused", kwok_spec())
+    models.wait_ready("refused")
+    fixed = models.condition("refused", "Degraded")
+    assert fixed is not None
+    assert (fixed["status"], fixed["reason"]) == ("False", "AsExpected")
+
+
 def test_ready_transition_time_moves_only_on_flips(operator: Operator, models: Models) -> None:
     models.apply("flip", kwok_spec())
     models.wait_ready("flip")
@@ -545,6 +567,12 @@ INVALID: list[tuple[str, JSON, str]] = [
     ),
     ("gpus-too-many", {"resources": {"gpus": 100}}, "spec.resources.gpus"),
     ("memory-not-quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
+    ("cpu-not-quantity", {"resources": {"cpu": "1.2.3"}}, "spec.resources.cpu"),
+    (
+        "node-selector-value",
+        {"nodeSelector": {"pool": "not a label value"}},
+        "spec.nodeSelector.pool",
+    ),
     (
         "env-value-and-from",
         {
