@@ -47,6 +47,24 @@ def _quiet(message: str) -> None:
     pass
 
 
+def spawn_detached(argv: Sequence[str], log_path: Path, env: dict[str, str]) -> int:
+    """Start `argv` in the background, in its own session, output appended to `log_path`.
+
+    A shell starts it and exits at once, so the caller keeps no child process around (no
+    zombie, no Popen object outliving its process); returns the background PID.
+    """
+    script = 'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!'
+    result = subprocess.run(
+        ["/bin/sh", "-c", script, "sh", str(log_path), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        start_new_session=True,
+    )
+    return int(result.stdout.strip())
+
+
 class LocalCluster:
     """The local cluster under one $BATCHPILOT_HOME."""
 
@@ -365,17 +383,9 @@ class LocalCluster:
             *self.agent_args,
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-        with self.layout.agent_log.open("ab") as out:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        self.layout.agent_pid.write_text(f"{process.pid}\n")
-        log(f"started the node agent (pid {process.pid}, log {self.layout.agent_log})")
+        pid = spawn_detached(argv, self.layout.agent_log, env)
+        self.layout.agent_pid.write_text(f"{pid}\n")
+        log(f"started the node agent (pid {pid}, log {self.layout.agent_log})")
 
     def _wait_node_ready(self) -> None:
         def ready() -> bool:

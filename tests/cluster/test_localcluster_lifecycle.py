@@ -99,3 +99,25 @@ def test_up_then_down_leaves_no_process_behind(cluster: LocalCluster, tmp_path: 
         other.close()
         if processes_under(home):
             cli(home, "down")
+
+
+def test_a_session_stops_the_cluster_it_started_when_the_last_user_leaves(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "bin").symlink_to(cluster.bin)
+    first = LocalCluster(Layout(home), gpu_nodes=0, agent_args=["--pod-cidr=127.0.2.0/24"])
+    second = LocalCluster(Layout(home), gpu_nodes=0)
+    try:
+        with first.session() as started:
+            assert started is True
+            with second.session() as started_again:
+                assert started_again is False, "a running cluster is reused"
+            assert first.running(), "another session still uses it"
+            assert processes_under(home)
+        wait_for(lambda: not processes_under(home), timeout=30, what="the cluster to stop")
+        assert not first.layout.kubeconfig.exists()
+    finally:
+        if processes_under(home):
+            cli(home, "down")
