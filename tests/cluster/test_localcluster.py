@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -100,11 +102,46 @@ def test_server_is_kubernetes_1_36(cluster: LocalCluster) -> None:
     assert versions["clientVersion"]["gitVersion"].startswith("v1.36.")
 
 
+def listening_addresses(pids: list[int]) -> set[str]:
+    """Local addresses of the TCP sockets these processes listen on (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.exists() else []:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address = local.split(":")[0]
+                if len(address) == 8:
+                    address = str(ipaddress.IPv4Address(int(address, 16).to_bytes(4, "little")))
+                addresses.add(address)
+    return addresses
+
+
 def test_components_listen_on_loopback_only(cluster: LocalCluster) -> None:
-    server = cluster.api.server
-    assert server.startswith("https://127.0.0.1:"), server
-    config = cluster.layout.kwokctl_config.read_text()
-    assert "bindAddress: 127.0.0.1" in config
+    assert cluster.api.server.startswith("https://127.0.0.1:"), cluster.api.server
+    workdir = str(cluster.layout.kwok_workdir).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if workdir in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    assert len(pids) >= 5, "etcd, kube-apiserver, controller-manager, scheduler, kwok"
+    addresses = listening_addresses(pids)
+    assert addresses, "the control plane listens somewhere"
+    assert addresses == {"127.0.0.1"}, addresses
 
 
 def widget_crd(group: str) -> JSON:
