@@ -380,6 +380,11 @@ class LocalCluster:
             str(agent_dir),
             "--image-map",
             str(self.layout.image_map),
+            # kubectl logs: the API server reaches the agent's log server over TLS.
+            "--tls-cert-file",
+            str(self.layout.kwok_cluster_dir / "pki" / "admin.crt"),
+            "--tls-private-key-file",
+            str(self.layout.kwok_cluster_dir / "pki" / "admin.key"),
             *self.agent_args,
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}

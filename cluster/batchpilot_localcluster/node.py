@@ -77,7 +77,12 @@ def node_conditions(now: float, since: float) -> list[JSON]:
 
 
 def node_status(
-    resources: NodeResources, host_ip: str, name: str, kube_version: str, now: float, since: float
+    resources: NodeResources,
+    host_ip: str,
+    kube_version: str,
+    now: float,
+    since: float,
+    kubelet_port: int = 0,
 ) -> JSON:
     quantities = resources.as_quantities()
     uname = platform.uname()
@@ -85,11 +90,9 @@ def node_status(
         "capacity": quantities,
         "allocatable": quantities,
         "conditions": node_conditions(now, since),
-        "addresses": [
-            {"type": "InternalIP", "address": host_ip},
-            {"type": "Hostname", "address": name},
-        ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        # No Hostname address: the API server would try to resolve it to reach the log server.
+        "addresses": [{"type": "InternalIP", "address": host_ip}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": _machine_id(),
             "systemUUID": _machine_id(),
@@ -116,7 +119,12 @@ def _machine_id() -> str:
 
 
 def node_manifest(
-    name: str, resources: NodeResources, host_ip: str, kube_version: str, now: float
+    name: str,
+    resources: NodeResources,
+    host_ip: str,
+    kube_version: str,
+    now: float,
+    kubelet_port: int = 0,
 ) -> JSON:
     """The Node the agent registers. No kwok annotation: kwok must leave it alone."""
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
@@ -134,7 +142,7 @@ def node_manifest(
             },
         },
         "spec": {},
-        "status": node_status(resources, host_ip, name, kube_version, now, now),
+        "status": node_status(resources, host_ip, kube_version, now, now, kubelet_port),
     }
 
 

@@ -19,6 +19,7 @@ from batchpilot_localcluster.containers import Backoff
 from batchpilot_localcluster.images import ImageMap
 from batchpilot_localcluster.ipam import IPAllocator
 from batchpilot_localcluster.kubeapi import JSON, ApiError, KubeAPI
+from batchpilot_localcluster.logserver import LogServer
 from batchpilot_localcluster.node import NodeResources, lease_manifest, node_manifest, node_status
 from batchpilot_localcluster.paths import Layout
 from batchpilot_localcluster.podworker import AgentContext, PodWorker, base_environment
@@ -39,6 +40,7 @@ class NodeAgent:
         *,
         lease_seconds: int = 40,
         status_period: float = 30.0,
+        log_server: LogServer | None = None,
     ) -> None:
         self.ctx = ctx
         self.api = ctx.api
@@ -51,13 +53,17 @@ class NodeAgent:
         self.stop = threading.Event()
         self.kube_version = "v0.0.0"
         self.ready_since = time.time()
+        self.log_server = log_server
+        self.kubelet_port = log_server.port if log_server is not None else 0
 
     # -- the node ------------------------------------------------------------------------
 
     def register(self) -> None:
         self.kube_version = str(self.api.get("/version").get("gitVersion", "v0.0.0"))
         now = time.time()
-        manifest = node_manifest(self.name, self.resources, HOST_IP, self.kube_version, now)
+        manifest = node_manifest(
+            self.name, self.resources, HOST_IP, self.kube_version, now, self.kubelet_port
+        )
         try:
             self.api.create("/api/v1/nodes", manifest)
             log.info("registered node %s", self.name)
@@ -73,9 +79,10 @@ class NodeAgent:
 
     def post_status(self, now: float) -> None:
         status = node_status(
-            self.resources, HOST_IP, self.name, self.kube_version, now, self.ready_since
+            self.resources, HOST_IP, self.kube_version, now, self.ready_since, self.kubelet_port
         )
-        self.api.patch(f"/api/v1/nodes/{self.name}/status", {"status": status})
+        # A merge patch replaces the lists (addresses, conditions) as a whole.
+        self.api.patch(f"/api/v1/nodes/{self.name}/status", {"status": status}, patch_type="merge")
 
     def renew_lease(self, now: float) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.name}"
@@ -165,6 +172,8 @@ class NodeAgent:
         leftovers = self.ctx.registry.kill_all()
         if leftovers:
             log.info("stopped %d processes left by a previous agent: %s", len(leftovers), leftovers)
+        if self.log_server is not None:
+            self.log_server.start()
         self.register()
         threading.Thread(target=self.heartbeat, name="heartbeat", daemon=True).start()
         threading.Thread(target=self.watch_pods, name="pod-watch", daemon=True).start()
@@ -181,6 +190,8 @@ class NodeAgent:
         for worker in workers:
             worker.join(timeout=15)
         self.ctx.registry.kill_all(grace=1.0)
+        if self.log_server is not None:
+            self.log_server.stop()
         log.info("stopped")
 
 
@@ -200,6 +211,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus", type=int, default=8, help="simulated nvidia.com/gpu capacity")
     parser.add_argument("--backoff-base", type=float, default=2.0, help="first restart delay (s)")
     parser.add_argument("--backoff-max", type=float, default=60.0, help="longest restart delay (s)")
+    parser.add_argument("--tls-cert-file", type=Path, help="serve container logs with this cert")
+    parser.add_argument("--tls-private-key-file", type=Path, help="... and this key")
+    parser.add_argument("--kubelet-port", type=int, default=0, help="log server port (0: any)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -221,7 +235,18 @@ def build(args: argparse.Namespace) -> NodeAgent:
         base_env=base_environment(),
     )
     resources = NodeResources(cpu=args.cpu, memory=args.memory, gpus=args.gpus)
-    return NodeAgent(ctx, resources)
+    log_server = None
+    if args.tls_cert_file and args.tls_private_key_file:
+        logs_dir = ctx.logs_dir
+
+        def locate(namespace: str, pod: str, container: str) -> Path | None:
+            found = list(logs_dir.glob(f"{namespace}_{pod}_*/{container}.log"))
+            return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+        log_server = LogServer(
+            locate, args.tls_cert_file, args.tls_private_key_file, args.kubelet_port
+        )
+    return NodeAgent(ctx, resources, log_server=log_server)
 
 
 def main(argv: list[str] | None = None) -> int:

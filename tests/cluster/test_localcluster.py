@@ -396,6 +396,8 @@ def test_crashing_container_restarts_with_backoff(cluster: LocalCluster, namespa
     container = wait_for(restarted_twice, timeout=90, what="two restarts")
     assert container["lastState"]["terminated"]["exitCode"] == 3
     assert "bye" in cluster.pod_log(namespace, "crash")
+    # kubectl logs works too: the API server asks the agent's log server.
+    assert "bye" in cluster.kubectl("-n", namespace, "logs", "crash").stdout
 
 
 def test_service_account_token_is_subject_to_rbac(cluster: LocalCluster, namespace: str) -> None:
