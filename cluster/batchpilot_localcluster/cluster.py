@@ -585,6 +585,43 @@ class LocalCluster:
         what = f"{count} {'ready ' if ready else ''}pods {selector!r} in {namespace}"
         return wait_for(probe, timeout=timeout, what=what, describe=describe)
 
+    def service_endpoints(self, namespace: str, service: str, port: str | int = "") -> list[str]:
+        """`ip:port` of the Ready pods behind a Service, resolved through its selector.
+
+        ClusterIPs do not route here (no kube-proxy), and the API refuses loopback addresses in
+        EndpointSlices, so clients go to the pods. `port` picks a service port by name or
+        number; by default the first one.
+        """
+        spec = self.api.get(f"/api/v1/namespaces/{namespace}/services/{service}")["spec"]
+        ports = spec.get("ports") or []
+        chosen = next((p for p in ports if port in ("", p.get("name"), p.get("port"))), None)
+        if chosen is None or not spec.get("selector"):
+            return []
+        selector = ",".join(f"{k}={v}" for k, v in sorted(spec["selector"].items()))
+        target = chosen.get("targetPort", chosen["port"])
+        found = []
+        for pod in self.pods(namespace, selector):
+            status = pod.get("status", {})
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in status.get("conditions") or []
+            )
+            if not ready or not status.get("podIP") or pod["metadata"].get("deletionTimestamp"):
+                continue
+            number = target
+            if isinstance(target, str) and not target.isdigit():
+                declared = [
+                    p
+                    for c in pod["spec"]["containers"]
+                    for p in c.get("ports") or []
+                    if p.get("name") == target
+                ]
+                if not declared:
+                    continue
+                number = declared[0]["containerPort"]
+            found.append(f"{status['podIP']}:{number}")
+        return sorted(found)
+
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> JSON:

@@ -234,6 +234,32 @@ def test_deployment_runs_a_process_that_serves_on_its_pod_ip(
         assert "running" in container["state"]
 
 
+def test_service_endpoints_resolve_to_the_ready_pods(cluster: LocalCluster, namespace: str) -> None:
+    cluster.apply(app_deployment("svc", replicas=2), "-n", namespace)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "svc"},
+        "spec": {
+            "selector": {"app": "svc"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+    cluster.apply(service, "-n", namespace)
+    pods = cluster.wait_pods(namespace, "app=svc", count=2)
+    expected = sorted(f"{p['status']['podIP']}:8080" for p in pods)
+    endpoints = wait_for(
+        lambda: (
+            (found := cluster.service_endpoints(namespace, "svc", "http")) == expected and found
+        ),
+        timeout=60,
+        what="the Service's endpoints",
+    )
+    for endpoint in endpoints:
+        ip, port = endpoint.split(":")
+        assert http_get(ip, "/ready", int(port)) == (200, "ok")
+
+
 def test_readiness_probe_gates_ready(cluster: LocalCluster, namespace: str) -> None:
     cluster.apply(app_deployment("slow", ready_after=4.0), "-n", namespace)
     (pod,) = cluster.wait_pods(namespace, "app=slow", ready=False)
