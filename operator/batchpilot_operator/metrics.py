@@ -28,15 +28,19 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-QUEUE_DEPTH = "batchpilot_queue_depth"
-REQUESTS_TOTAL = "batchpilot_requests_total"
-REQUEST_DURATION = "batchpilot_request_duration_seconds"
-QUEUE_WAIT = "batchpilot_queue_wait_seconds"
-BATCH_SIZE = "batchpilot_batch_size"
-BATCH_DURATION = "batchpilot_batch_duration_seconds"
-CONFIG_MAX_BATCH_SIZE = "batchpilot_config_max_batch_size"
-CONFIG_MAX_WAIT = "batchpilot_config_max_wait_seconds"
-CONFIG_GENERATION = "batchpilot_config_generation"
+from batchpilot_runtime import telemetry
+
+# The metrics contract, named once in the runtime's telemetry module.
+QUEUE_DEPTH = telemetry.QUEUE_DEPTH
+REQUESTS_TOTAL = telemetry.REQUESTS_TOTAL
+OUTCOME = telemetry.OUTCOME_LABEL
+REQUEST_DURATION = telemetry.REQUEST_DURATION_SECONDS
+QUEUE_WAIT = telemetry.QUEUE_WAIT_SECONDS
+BATCH_SIZE = telemetry.BATCH_SIZE
+BATCH_DURATION = telemetry.BATCH_DURATION_SECONDS
+CONFIG_MAX_BATCH_SIZE = telemetry.CONFIG_MAX_BATCH_SIZE
+CONFIG_MAX_WAIT = telemetry.CONFIG_MAX_WAIT_SECONDS
+CONFIG_GENERATION = telemetry.CONFIG_GENERATION
 
 HISTOGRAMS = (REQUEST_DURATION, QUEUE_WAIT, BATCH_SIZE, BATCH_DURATION)
 GAUGES = (QUEUE_DEPTH, CONFIG_MAX_BATCH_SIZE, CONFIG_MAX_WAIT, CONFIG_GENERATION)
@@ -225,7 +229,7 @@ def parse_metrics(text: str, *, pod: str, at: float) -> PodSample:
         for s in family.samples:
             name = s.name
             if name == REQUESTS_TOTAL:
-                outcome = s.labels.get("outcome", "")
+                outcome = s.labels.get(OUTCOME, "")
                 requests[outcome] = requests.get(outcome, 0.0) + s.value
             elif name in GAUGES:
                 gauges[name] = gauges.get(name, 0.0) + s.value

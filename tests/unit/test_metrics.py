@@ -26,6 +26,8 @@ from batchpilot_operator.metrics import (
     scrape_pods,
     sum_histograms,
 )
+from batchpilot_runtime.config import BatchingConfig
+from batchpilot_runtime.telemetry import Telemetry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -288,3 +290,22 @@ async def test_scrape_pods_concurrently_records_failures() -> None:
 async def test_scrape_pods_refuses_zero_concurrency() -> None:
     with pytest.raises(ValueError, match="concurrency"):
         await scrape_pods({}, concurrency=0)
+
+
+def test_parses_what_the_runtime_telemetry_serves() -> None:
+    cfg = BatchingConfig(max_batch_size=12, max_wait_ms=4.0, generation=5)
+    t = Telemetry(queue_depth=lambda: 3, config=lambda: cfg)
+    for _ in range(3):
+        t.batch_started([0.001, 0.002])
+        t.batch_finished(2, 0.01)
+        t.request_done("ok", 0.02)
+        t.request_done("ok", 0.03)
+    t.request_done("rejected")
+    s = parse_metrics(t.render().decode(), pod="p", at=0.0)
+    assert s.queue_depth == 3
+    assert s.requests["ok"] == 6
+    assert s.requests["rejected"] == 1
+    assert s.histograms[REQUEST_DURATION].count == 6
+    assert s.histograms[BATCH_SIZE].sum == 6
+    assert (s.config.max_batch_size, s.config.generation) == (12, 5)
+    assert s.config.max_wait_s == pytest.approx(0.004)
