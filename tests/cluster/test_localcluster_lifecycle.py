@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,28 @@ def test_a_session_stops_the_cluster_it_started_when_the_last_user_leaves(
     finally:
         if processes_under(home):
             cli(home, "down")
+
+
+def test_up_replaces_a_broken_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "bin").symlink_to(cluster.bin)
+    broken = LocalCluster(Layout(home), gpu_nodes=0, agent_args=["--pod-cidr=127.0.3.0/24"])
+    try:
+        assert broken.up() is True
+        apiserver = [
+            pid
+            for pid in processes_under(home)
+            if b"kube-apiserver" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        ]
+        assert len(apiserver) == 1
+        os.kill(apiserver[0], signal.SIGKILL)
+        wait_for(lambda: not broken.api_healthy(), timeout=30, what="the API server to be gone")
+
+        assert broken.up() is True, "a dead control plane is replaced, not reused"
+        assert broken.running()
+        assert broken.api.server.startswith("https://127.0.0.1:")
+    finally:
+        broken.down()
+        broken.close()
+    wait_for(lambda: not processes_under(home), timeout=30, what="the cluster to stop")

@@ -12,6 +12,7 @@ import pytest
 from batchpilot_localcluster.images import ImageMap, parse_rules, resolve_executable
 from batchpilot_localcluster.ipam import AddressesExhaustedError, IPAllocator
 from batchpilot_localcluster.kwokconfig import gpu_node, kwokctl_configuration
+from batchpilot_localcluster.logserver import tail
 from batchpilot_localcluster.podspec import (
     ContainerConfigError,
     container_argv,
@@ -341,3 +342,10 @@ def test_gpu_nodes_are_kwok_managed_and_tainted() -> None:
     assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
     assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
     assert node["spec"]["taints"][0]["effect"] == "NoSchedule"
+
+
+def test_log_tail_keeps_the_last_lines() -> None:
+    data = b"a\nb\nc\n"
+    assert tail(data, 2) == b"b\nc\n"
+    assert tail(data, 10) == data
+    assert tail(data, 0) == b""
