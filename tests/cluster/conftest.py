@@ -23,15 +23,17 @@ from batchpilot_localcluster.cluster import BinariesMissingError, ClusterError, 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     local = LocalCluster()
+    problem = ""
     try:
         local.check_binaries()
-    except BinariesMissingError as error:
-        pytest.fail(str(error), pytrace=False)
-    try:
         session = local.session()
         session.__enter__()
-    except ClusterError as error:
-        pytest.fail(f"the local cluster did not start: {error}", pytrace=False)
+    except BinariesMissingError as error:
+        problem = str(error)
+    except (ClusterError, TimeoutError) as error:
+        problem = f"the local cluster did not start: {error}"
+    if problem:
+        pytest.fail(problem, pytrace=False)
     try:
         yield local
     finally:
