@@ -639,3 +639,45 @@ def test_images_can_be_mapped_to_commands(cluster: LocalCluster, namespace: str)
         assert http_get(pod["status"]["podIP"], "/ready") == (200, "ok")
     finally:
         cluster.map_image(pattern, None)
+
+
+def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
+    cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "got-sigterm"
+    script = (
+        "import pathlib, signal, sys, time\n"
+        "def on_term(signum, frame):\n"
+        "    pathlib.Path(sys.argv[1]).write_text('yes')\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    time.sleep(1)\n"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stubborn"},
+        "spec": {
+            "nodeSelector": LOCAL,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "batchpilot/python:test",
+                    "args": ["-c", script, str(marker)],
+                }
+            ],
+        },
+    }
+    cluster.apply(pod, "-n", namespace)
+    (running,) = cluster.wait_pods(namespace, "", count=1)
+    pid = container_pid(running)
+    wait_for(lambda: "ready" in cluster.pod_log(namespace, "stubborn"), timeout=30, what="start")
+
+    cluster.kubectl("-n", namespace, "delete", "pod", "stubborn", "--wait=false")
+    wait_for(
+        lambda: not pid_alive(pid), timeout=60, what="the SIGTERM-ignoring process to be killed"
+    )
+    assert marker.read_text() == "yes", "SIGTERM came first"
+    wait_for(lambda: not cluster.pods(namespace), timeout=60, what="the pod to be removed")
