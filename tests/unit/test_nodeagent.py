@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from batchpilot_localcluster.images import ImageMap, parse_rules, resolve_executable
 from batchpilot_localcluster.ipam import AddressesExhaustedError, IPAllocator
+from batchpilot_localcluster.kubeapi import Credentials
 from batchpilot_localcluster.kwokconfig import gpu_node, kwokctl_configuration
 from batchpilot_localcluster.logserver import tail
 from batchpilot_localcluster.podspec import (
@@ -23,6 +25,7 @@ from batchpilot_localcluster.podspec import (
 )
 from batchpilot_localcluster.podstatus import phase, pod_status
 from batchpilot_localcluster.probes import Probe, ProbeTracker, parse_probe
+from batchpilot_localcluster.tokens import render_kubeconfig
 
 JSON = dict[str, Any]
 
@@ -349,3 +352,44 @@ def test_log_tail_keeps_the_last_lines() -> None:
     assert tail(data, 2) == b"b\nc\n"
     assert tail(data, 10) == data
     assert tail(data, 0) == b""
+
+
+# -- kubeconfig --------------------------------------------------------------------------
+
+
+def test_kubeconfig_credentials_follow_the_current_context(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok-from-file\n")
+    (tmp_path / "ca.crt").write_bytes(b"CA")
+    config = {
+        "current-context": "b",
+        "clusters": [
+            {"name": "one", "cluster": {"server": "https://127.0.0.1:1"}},
+            {
+                "name": "two",
+                "cluster": {"server": "https://127.0.0.1:2/", "certificate-authority": "ca.crt"},
+            },
+        ],
+        "users": [
+            {"name": "u1", "user": {"token": "inline"}},
+            {"name": "u2", "user": {"tokenFile": "token"}},
+        ],
+        "contexts": [
+            {"name": "a", "context": {"cluster": "one", "user": "u1"}},
+            {"name": "b", "context": {"cluster": "two", "user": "u2"}},
+        ],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    credentials = Credentials.from_kubeconfig(path)
+    assert credentials.server == "https://127.0.0.1:2"
+    assert credentials.token == "tok-from-file"
+    assert credentials.ca_pem == b"CA"
+    assert credentials.cert_pem is None
+
+
+def test_pod_kubeconfigs_carry_the_token_and_the_namespace() -> None:
+    text = render_kubeconfig("https://127.0.0.1:6443", b"CA", "team-a", "t0k")
+    config = yaml.safe_load(text)
+    assert config["users"][0]["user"] == {"token": "t0k"}
+    assert config["contexts"][0]["context"]["namespace"] == "team-a"
+    assert base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]) == b"CA"
