@@ -83,6 +83,7 @@ class LocalCluster:
         self.node_name = node_name
         self.agent_args = list(agent_args)
         self._api: KubeAPI | None = None
+        self._starting = False
 
     # -- paths and environment -----------------------------------------------------------
 
@@ -254,11 +255,12 @@ class LocalCluster:
 
     def _up(self, log: Log) -> bool:
         self.check_binaries()
-        started = False
+        started = self._starting = False
         if not self.api_healthy():
             if self.layout.kwok_cluster_dir.exists() or self.layout.agent_pid.exists():
                 log("found a stopped or broken cluster; cleaning it up first")
                 self._down(log)
+            self._starting = True
             self._start_control_plane(log)
             started = True
         self._ensure_gpu_nodes(log)
@@ -282,7 +284,12 @@ class LocalCluster:
         self.layout.sessions.mkdir(parents=True, exist_ok=True)
         token = self.layout.sessions / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         with self.locked():
-            started = self._up(log)
+            try:
+                started = self._up(log)
+            except BaseException:
+                if self._starting:  # half started by us: leave nothing running
+                    self._down(log)
+                raise
             if started:
                 self._started_by_tests.touch()
             token.write_text(f"{os.getpid()}\n")
