@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,9 @@ class _Server(uvicorn.Server):
         if self.runtime is not None:
             self.runtime.draining = True
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # A drained SIGTERM is a clean exit (0); uvicorn would re-raise it after shutdown.
+            self._captured_signals.remove(sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

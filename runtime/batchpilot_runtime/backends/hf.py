@@ -127,6 +127,7 @@ class TransformersModel:
             max_length=self.max_length,
         )
         self._cap: int | None = None
+        self._on_device = 0
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{device}")
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{device}")
 
@@ -140,8 +141,22 @@ class TransformersModel:
 
     async def run(self, batch: Batch) -> Sequence[object]:
         loop = asyncio.get_running_loop()
+        if self._on_device == 0:
+            # The device is idle: tokenise on the device thread too, saving a thread hop.
+            self._on_device += 1
+            try:
+                return await loop.run_in_executor(
+                    self._device_pool, self._tokenize_and_forward, batch.payloads, batch.kind
+                )
+            finally:
+                self._on_device -= 1
+        # The device is busy: tokenise now, in parallel with the batch on the device.
         encoded = await loop.run_in_executor(self._tokenize_pool, self._tokenize, batch.payloads)
-        return await loop.run_in_executor(self._device_pool, self._forward, encoded, batch.kind)
+        self._on_device += 1
+        try:
+            return await loop.run_in_executor(self._device_pool, self._forward, encoded, batch.kind)
+        finally:
+            self._on_device -= 1
 
     async def warm_up(self) -> None:
         kind = embedding_kind(True) if self.task == "embedding" else CLASSIFICATION_KIND
@@ -178,6 +193,9 @@ class TransformersModel:
             return_tensors="pt",
         )
         return dict(encoded)
+
+    def _tokenize_and_forward(self, texts: Sequence[str], kind: Hashable) -> list[object]:
+        return self._forward(self._tokenize(texts), kind)
 
     def _forward(self, encoded: dict[str, torch.Tensor], kind: Hashable) -> list[object]:
         try:
