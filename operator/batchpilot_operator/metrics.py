@@ -371,7 +371,7 @@ class ServiceTimeFit:
 
 
 def fit_service_time(
-    points: Iterable[ServicePoint], *, min_points: int = 3, min_spread: float = 2.0
+    points: Iterable[ServicePoint], *, min_points: int = 4, min_spread: float = 0.5
 ) -> ServiceTimeFit | None:
     """Weighted least squares (weight: batches) of duration on batch size. None when there
     are fewer than ``min_points`` points, when their sizes span less than ``min_spread``

@@ -50,7 +50,12 @@ class TuningSpec:
     scale_down_delay_s: float = 120.0
     # The policy's constants (not in the API).
     target_utilization: float = 0.7
-    """Replicas are sized so that they are busy this share of the time (the headroom)."""
+    """Replicas are first sized so that they are busy this share of the time (the headroom);
+    the measured p95 then moves it between ``min_utilization`` and ``max_utilization``."""
+    min_utilization: float = 0.5
+    max_utilization: float = 0.8
+    utilization_step: float = 0.05
+    """Added to the utilisation target when the p95 is well inside the target."""
     latency_budget: float = 0.8
     """Share of the target the modelled worst case ``2*t(b) + wait`` may use."""
     wait_share: float = 0.1
@@ -133,6 +138,8 @@ class CurrentState:
     last_config_change: float | None = None
     recommendations: tuple[tuple[float, int], ...] = ()
     """Recent ``(time, replicas)`` recommendations: the scale-down stabilisation window."""
+    utilization_target: float | None = None
+    """The headroom learnt from the p95 so far (None: the spec's ``target_utilization``)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ class Decision:
     replicas_changed: bool
     config_changed: bool
     recommendations: tuple[tuple[float, int], ...]
+    """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
+    utilization_target: float | None = None
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
 
     def next_state(self, current: CurrentState, now: float) -> CurrentState:
@@ -165,6 +174,7 @@ class Decision:
             last_scale_down=now if down else current.last_scale_down,
             last_config_change=now if self.config_changed else current.last_config_change,
             recommendations=self.recommendations,
+            utilization_target=self.utilization_target,
         )
 
 
@@ -223,20 +233,18 @@ def _decision(
 
 
 def _model_choice(fit: ServiceTimeFit, spec: TuningSpec) -> tuple[int, float]:
-    """The largest batch size whose modelled worst case ``2*t(b) + wait`` fits the budget,
-    and the wait that goes with it (its share of the target, within what the budget leaves)."""
+    """The wait (its share of the target, within bounds) and the largest batch size whose
+    modelled worst case under load, ``2*t(b) + wait``, fits the budget."""
     budget = spec.latency_budget * spec.latency_target_s
-    min_wait = spec.min_wait_ms / 1000.0
+    wait_s = _clamp(
+        spec.wait_share * spec.latency_target_s, spec.min_wait_ms / 1000, spec.max_wait_ms / 1000
+    )
     best = spec.min_batch_size
     for b in range(spec.min_batch_size, spec.max_batch_size + 1):
-        if 2 * fit.duration(b) + min_wait <= budget:
+        if 2 * fit.duration(b) + wait_s <= budget:
             best = b
         else:
             break
-    slack = budget - 2 * fit.duration(best)
-    wait_s = _clamp(
-        min(spec.wait_share * spec.latency_target_s, slack), min_wait, spec.max_wait_ms / 1000
-    )
     return best, round(wait_s * 1000.0 * 2) / 2  # in steps of 0.5 ms
 
 
@@ -298,7 +306,7 @@ def _choose_config(
     else:
         note = f"p95 {p95_ms:.0f} ms within target {target_ms:g} ms"
     fit = obs.service_fit
-    if fit is not None:
+    if fit is not None and not (missed and overloaded):
         model_size, model_wait = _model_choice(fit, spec)
         if model_size < size:
             size = model_size
@@ -316,7 +324,7 @@ def _choose_config(
 
 
 def _recommend_replicas(
-    obs: Observation, spec: TuningSpec, size: int, rate: float, demand: float
+    obs: Observation, spec: TuningSpec, size: int, rate: float, demand: float, busy: float
 ) -> tuple[int | None, str]:
     """Replicas that carry ``demand`` at the target utilisation, or None when the capacity of
     a replica is unknown (no service-time fit and no busy share)."""
@@ -335,11 +343,29 @@ def _recommend_replicas(
         how = f"{capacity:.0f}/s per replica from busy share {util:.2f}"
     else:
         return None, "no executed batches to size replicas from"
-    need = math.ceil(demand / (capacity * spec.target_utilization) - 1e-9)
+    need = math.ceil(demand / (capacity * busy) - 1e-9)
     return max(need, 1), (
         f"demand {demand:.1f}/s (arrivals {rate:.1f}/s + queue {obs.queue_depth:.0f}), {how}, "
-        f"{need} at {spec.target_utilization:.0%} busy"
+        f"{need} at {busy:.0%} busy"
     )
+
+
+def _utilization_target(
+    obs: Observation,
+    current: CurrentState,
+    spec: TuningSpec,
+    p95_ms: float | None,
+    enough: bool,
+) -> float:
+    """The headroom, corrected from the measured p95: a miss lowers the utilisation target
+    multiplicatively, a p95 well inside the target raises it additively."""
+    busy = current.utilization_target or spec.target_utilization
+    if enough and p95_ms is not None and obs.complete:
+        if p95_ms > spec.latency_target_ms:
+            busy *= spec.decrease_factor
+        elif p95_ms < spec.well_inside * spec.latency_target_ms:
+            busy += spec.utilization_step
+    return _clamp(busy, spec.min_utilization, spec.max_utilization)
 
 
 def decide(
@@ -365,8 +391,16 @@ def decide(
     p95_ms = obs.latency_p95_s * 1000 if obs.latency_p95_s is not None else None
     enough = obs.latency_samples >= spec.min_latency_samples and p95_ms is not None
     util = obs.utilization
-    overloaded = (util is not None and util >= spec.overload_utilization) or (
-        obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
+    # A miss is overload when the replicas are saturated, the queue holds more than a batch
+    # per pod, or replicas were just added (the backlog is draining): more replicas, not
+    # smaller batches, fix it.
+    just_scaled = (
+        current.last_scale_up is not None and now - current.last_scale_up < 3 * spec.interval_s
+    )
+    overloaded = (
+        (util is not None and util >= spec.overload_utilization)
+        or obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
+        or just_scaled
     )
     missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
 
@@ -375,7 +409,8 @@ def decide(
     notes.append(config_note)
 
     # --- replicas: capacity of one replica at the chosen batch size
-    rec, load_note = _recommend_replicas(obs, spec, size, rate, demand)
+    busy = _utilization_target(obs, current, spec, p95_ms, enough)
+    rec, load_note = _recommend_replicas(obs, spec, size, rate, demand, busy)
     if rec is None:
         rec = current.replicas
     if missed and overloaded:
@@ -423,4 +458,4 @@ def decide(
                 )
     replicas = int(_clamp(replicas, spec.min_replicas, spec.max_replicas))
     reason = "; ".join(n for n in notes if n)
-    return _decision(current, replicas, size, wait, reason, recs)
+    return replace(_decision(current, replicas, size, wait, reason, recs), utilization_target=busy)

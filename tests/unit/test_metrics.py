@@ -234,12 +234,14 @@ def test_fit_service_time_refuses_too_little_or_flat_data() -> None:
     assert fit_service_time([ServicePoint(4, 0.01, 5), ServicePoint(8, 0.02, 5)]) is None
     same = [ServicePoint(8.0 + 0.1 * i, 0.02, 5) for i in range(5)]
     assert fit_service_time(same) is None  # sizes span 0.4 items: the slope would be noise
-    falling = [ServicePoint(b, 0.05 - 0.001 * b, 5) for b in (2, 8, 16)]
+    three = [ServicePoint(b, 0.004 + 0.002 * b, 5) for b in (2, 8, 16)]
+    assert fit_service_time(three) is None  # too few points
+    falling = [ServicePoint(b, 0.05 - 0.001 * b, 5) for b in (2, 4, 8, 16)]
     assert fit_service_time(falling) is None
 
 
 def test_observe_fits_the_service_profile_over_history() -> None:
-    history = [ServicePoint(b, 0.005 + 0.001 * b, 20) for b in (4, 12)]
+    history = [ServicePoint(b, 0.005 + 0.001 * b, 20) for b in (4, 8, 12)]
     a = FakePod()
     first = scrape_of(0.0, {"a": a})
     a.serve(320, latency_s=0.05, batch_size=32, batch_s=0.037)

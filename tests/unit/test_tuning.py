@@ -18,7 +18,8 @@ from batchpilot_operator.metrics import (
 )
 from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, decide
 
-# t(b) = 4 ms + 2 ms * b: with a 100 ms target and an 80% budget, 2*t(b) <= 80 ms -> b <= 18
+# t(b) = 4 ms + 2 ms * b: with a 100 ms target, an 80% budget and a 10 ms wait,
+# 2*t(b) + 10 <= 80 ms -> b <= 15
 FIT = fit_service_time([ServicePoint(b, 0.004 + 0.002 * b, 50) for b in (2, 8, 16, 24)])
 SPEC = TuningSpec(
     latency_target_ms=100.0,
@@ -114,12 +115,13 @@ def test_no_observation_holds() -> None:
 
 
 def test_service_model_picks_largest_batch_meeting_target_and_sizes_replicas() -> None:
-    # well inside, batches fill: additive increase, capped by the model at 18
+    # well inside, batches fill: additive increase, capped by the model at 15
     d = decide(obs(rate=100, p95_ms=30, batch=60), state(max_batch_size=60), SPEC, now=0.0)
-    assert d.max_batch_size == 18
+    assert d.max_batch_size == 15
+    assert d.max_wait_ms == 10.0
     assert d.config_changed
-    assert "caps batch at 18" in d.reason
-    # capacity per replica 18 / 40 ms = 450/s; 100/s at 70% -> 1 replica would do but
+    assert "caps batch at 15" in d.reason
+    # capacity per replica 15 / 34 ms = 441/s; 100/s at 75% -> 1 replica would do but
     # scaling down waits for the delay
     assert d.replicas == 2
     assert "waiting" in d.reason
@@ -129,6 +131,7 @@ def test_fast_scale_up_from_rate_and_queue() -> None:
     # 8 at 20 ms = 400/s per replica; 2000/s + 1500 queued / 15 s = 2100/s -> 2100/280 -> 8
     d = decide(obs(rate=2000, p95_ms=60, queue=1500, util=0.95), state(), SPEC, now=0.0)
     assert d.replicas == 8
+    assert d.utilization_target == pytest.approx(0.7)  # p95 neither missed nor well inside
     assert d.action.startswith("scale-up")
     assert "queue 1500" in d.reason
     assert d.reason
@@ -320,3 +323,29 @@ def test_spec_refuses_inverted_bounds() -> None:
         TuningSpec(min_replicas=5, max_replicas=2)
     with pytest.raises(ValueError, match="min_batch_size"):
         TuningSpec(min_batch_size=9, max_batch_size=2)
+
+
+def test_headroom_follows_the_measured_p95() -> None:
+    cur = state(utilization_target=0.7)
+    inside = decide(obs(p95_ms=20), cur, SPEC, now=0.0)
+    assert inside.utilization_target == pytest.approx(0.75)
+    missed = decide(obs(p95_ms=150, util=0.5), cur, SPEC, now=0.0)
+    assert missed.utilization_target == pytest.approx(0.5)  # 0.49 held at the floor
+    few = decide(obs(p95_ms=150, samples=3), cur, SPEC, now=0.0)
+    assert few.utilization_target == pytest.approx(0.7)
+    top = decide(obs(p95_ms=20), state(utilization_target=0.9), SPEC, now=0.0)
+    assert top.utilization_target == pytest.approx(SPEC.max_utilization)
+    low = decide(obs(p95_ms=900, util=0.5), state(utilization_target=0.5), SPEC, now=0.0)
+    assert low.utilization_target == pytest.approx(SPEC.min_utilization)
+    assert inside.next_state(cur, 0.0).utilization_target == pytest.approx(0.75)
+    # more headroom, more replicas for the same load
+    hot = decide(obs(rate=1500, p95_ms=80), state(utilization_target=0.8), SPEC, now=0.0)
+    cool = decide(obs(rate=1500, p95_ms=80), state(utilization_target=0.5), SPEC, now=0.0)
+    assert hot.replicas < cool.replicas
+
+
+def test_a_miss_right_after_a_scale_up_is_backlog_not_batch_size() -> None:
+    cur = state(max_batch_size=16, last_scale_up=-10.0)
+    d = decide(obs(p95_ms=400, util=0.4), cur, SPEC, now=0.0)
+    assert d.max_batch_size == 16
+    assert "overload" in d.reason
