@@ -450,6 +450,9 @@ class Observation:
     """``t(b)`` fitted on the history given plus this window's points."""
     configs: Mapping[str, PodConfig]
     """The config each scraped pod reports in force."""
+    new: tuple[str, ...] = ()
+    """Pods not asked at the previous scrape: they started within the window, so their
+    counters from zero are the window's."""
 
     @property
     def pods_missing(self) -> int:
@@ -491,15 +494,19 @@ def observe(
 
     ``history`` is recent :class:`ServicePoint` values (from earlier observations'
     ``service_points``) added to this window's for the service-time fit. Without a previous
-    scrape (first tick) the rates cover no pod: ``pods_paired`` is 0.
+    scrape (first tick) the rates cover no pod: ``pods_paired`` is 0. A pod that was not
+    asked at the previous scrape (it became ready since) counts from zero; one that was
+    asked but did not answer has no baseline and stays unpaired this window.
     """
     prev_samples: Mapping[str, PodSample] = previous.samples if previous is not None else {}
+    prev_pods = previous.pods if previous is not None else frozenset()
     window = current.time - previous.time if previous is not None else 0.0
     outcomes: dict[str, float] = {}
     lat: list[Histogram] = []
     qwait: list[Histogram] = []
     points: list[ServicePoint] = []
     restarted: list[str] = []
+    new: list[str] = []
     busy: list[float] = []
     paired = 0
     batches = 0.0
@@ -508,12 +515,14 @@ def observe(
     queue_change = 0.0
     for pod, now in sorted(current.samples.items()):
         before = prev_samples.get(pod)
-        if before is None or window <= 0:
-            continue
+        if window <= 0 or (before is None and pod in prev_pods) or previous is None:
+            continue  # no baseline: missing at the previous scrape, or the first scrape
         paired += 1
-        if now.went_backwards(before):
-            restarted.append(pod)
-            delta_req: Mapping[str, float] = now.requests
+        delta_req: Mapping[str, float]
+        if before is None or now.went_backwards(before):
+            # new since the previous scrape, or restarted: its counters began in the window
+            (new if before is None else restarted).append(pod)
+            delta_req = now.requests
             delta_h = dict(now.histograms)
             queue_change += now.queue_depth
         else:
@@ -559,6 +568,7 @@ def observe(
         pods_paired=paired,
         missing=dict(current.missing),
         restarted=tuple(restarted),
+        new=tuple(new),
         arrival_rate=max(0.0, answered + queue_change) / window if window > 0 else 0.0,
         throughput=outcomes.get(OUTCOME_OK, 0.0) / window if window > 0 else 0.0,
         outcomes=outcomes,

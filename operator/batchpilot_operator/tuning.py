@@ -70,6 +70,9 @@ class TuningSpec:
     """A p95 under this share of the target is well inside."""
     overload_utilization: float = 0.9
     """Busy share above which a p95 miss is overload (more replicas, not smaller batches)."""
+    debt_payback_s: float = 30.0
+    """The queue is debt: replicas are added to pay it back within this long (or one
+    interval, if longer)."""
     scale_down_step: float = 0.25
     """Most replicas removed in one decision, as a share of the current count (at least 1)."""
 
@@ -386,7 +389,7 @@ def decide(
             f"{obs.pods_expected - obs.pods_paired} of {obs.pods_expected} pods unobserved, "
             f"their load assumed like the others' (scale up only)"
         )
-    debt_rate = obs.queue_depth / spec.interval_s
+    debt_rate = obs.queue_depth / max(spec.interval_s, spec.debt_payback_s)
     demand = rate + debt_rate
     p95_ms = obs.latency_p95_s * 1000 if obs.latency_p95_s is not None else None
     enough = obs.latency_samples >= spec.min_latency_samples and p95_ms is not None
@@ -413,7 +416,8 @@ def decide(
     rec, load_note = _recommend_replicas(obs, spec, size, rate, demand, busy)
     if rec is None:
         rec = current.replicas
-    if missed and overloaded:
+    starting = obs.pods_expected < current.replicas
+    if missed and overloaded and not starting:
         rec = max(rec, current.replicas + 1)
         load_note += "; p95 missed under overload: at least one more replica"
     rec = int(_clamp(rec, spec.min_replicas, spec.max_replicas))

@@ -196,7 +196,7 @@ def test_missing_pod_is_missing_not_zero_load() -> None:
     assert not obs.complete
 
 
-def test_first_scrape_and_new_pods_have_no_baseline() -> None:
+def test_first_scrape_has_no_baseline_and_new_pods_count_from_zero() -> None:
     a = FakePod()
     a.serve(100, latency_s=0.03, batch_size=10, batch_s=0.02)
     a.queue.set(3)
@@ -205,10 +205,25 @@ def test_first_scrape_and_new_pods_have_no_baseline() -> None:
     assert obs.arrival_rate == 0.0
     assert obs.queue_depth == 3  # the gauge needs no baseline
     assert not obs.complete
-    b = FakePod()
-    obs2 = observe(scrape_of(0.0, {"a": a}), scrape_of(5.0, {"a": a, "b": b}))
-    assert (obs2.pods_paired, obs2.pods_expected) == (1, 2)
-    assert not obs2.complete
+    before = scrape_of(0.0, {"a": a})
+    b = FakePod()  # became ready within the window: all its counts are the window's
+    b.serve(50, latency_s=0.03, batch_size=10, batch_s=0.02)
+    obs2 = observe(before, scrape_of(5.0, {"a": a, "b": b}))
+    assert (obs2.pods_paired, obs2.pods_expected) == (2, 2)
+    assert obs2.new == ("b",)
+    assert obs2.outcomes == {"ok": 50}
+    assert obs2.complete
+
+
+def test_pod_missing_at_the_previous_scrape_has_no_baseline() -> None:
+    a, b = FakePod(), FakePod()
+    b.serve(5000, latency_s=0.03, batch_size=10, batch_s=0.02)  # long-running
+    before = scrape_of(0.0, {"a": a}, missing={"b": "timed out"})
+    a.serve(100, latency_s=0.03, batch_size=10, batch_s=0.02)
+    obs = observe(before, scrape_of(10.0, {"a": a, "b": b}))
+    assert (obs.pods_paired, obs.pods_expected) == (1, 2)
+    assert obs.outcomes == {"ok": 100}  # b's 5000 are not counted as this window's
+    assert not obs.complete
 
 
 def test_configs_in_force_and_oldest_generation() -> None:
