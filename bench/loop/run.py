@@ -463,6 +463,19 @@ Goal per trace (batchpilot against the strongest HPA setting):
 
 ![load, replicas, p95 and batch size over time](loop.png)
 
+## What the simulator leaves out
+
+- It models the dispatch (the runtime's own Batcher), the model's two stages and their
+  measured spread, the Service, pod start-up and ConfigMap propagation. It does not model the
+  HTTP layer's per-request CPU (parsing, JSON encoding of the embeddings) nor the
+  interference between the server, a load generator and other work sharing the machine's
+  cores. Where those dominate, as in the server validation above on a shared 2-core machine,
+  the real p95 is much higher and the real saturation point lower than simulated; the
+  in-process validation isolates what the simulator does model.
+- No reactive policy absorbs an instantaneous multiple of the load within a pod's start-up
+  delay without standing headroom: the step and the spike cost every autoscaler the
+  requests that arrive before new pods are ready.
+
 ## HPA sweep
 
 | trace | HPA setting | within target | replica-s |

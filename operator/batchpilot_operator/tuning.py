@@ -5,15 +5,17 @@ actuation. It
 
 1. holds when the observation covers no pod (first tick, every pod missing);
 2. models the service time ``t(b) = a + c*b`` (fitted from the pods' batch sizes and
-   durations) and picks the largest batch size whose worst case under load, a batch in
-   execution plus a wait plus its own batch (``2*t(b) + wait``), fits in a share of the
-   latency target: the most throughput per replica (``b / t(b)``) that meets the target;
-3. corrects that choice from the measured p95: multiplicative decrease of the batch size
-   on a miss that is not overload, additive increase when well inside the target and the
-   batches fill;
-4. sizes replicas to carry the arrival rate plus the queue as debt to pay back within one
-   interval, at a target utilisation (headroom). A missing pod is assumed to carry the
-   mean load of the pods that answered, and partial data may only scale up;
+   durations), reserves a share of the target for the batch wait, and picks the largest
+   batch size whose worst case under load, a batch in execution plus the wait plus its own
+   batch (``2*t(b) + wait``), fits in a share of the latency target: the most throughput per
+   replica (``b / t(b)``) that meets the target;
+3. corrects from the measured p95: on a miss that is not overload, multiplicative decrease
+   of the batch size; when well inside the target and batches fill, additive increase; and
+   the replicas' target utilisation (the headroom) moves the same way, down
+   multiplicatively on a miss, up additively when well inside;
+4. sizes replicas to carry the arrival rate plus the queue as debt to pay back (within
+   ``debt_payback_s``), at that utilisation. A missing pod is assumed to carry the mean
+   load of the pods that answered, and partial data may only scale up;
 5. scales up at once; scales down only to the highest recommendation of the last
    ``scale_down_delay_s`` (which must be covered by observations), by a bounded step;
 6. never changes the config while the pods still report an older generation than the one
