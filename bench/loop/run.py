@@ -289,7 +289,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     setup = Setup(
-        profile_path=str(args.profile),
+        profile_path=os.path.relpath(args.profile),
         target_ms=args.target_ms,
         peak=args.peak,
         duration_s=240.0 if args.quick else 540.0,
