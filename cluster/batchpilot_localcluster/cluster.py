@@ -25,6 +25,7 @@ import yaml
 from batchpilot_localcluster import kwokconfig
 from batchpilot_localcluster.images import scripts_dir
 from batchpilot_localcluster.kubeapi import ApiError, KubeAPI
+from batchpilot_localcluster.modelcache import seed_minilm
 from batchpilot_localcluster.nodeagent import DEFAULT_NODE_NAME
 from batchpilot_localcluster.paths import BUILD_COMMAND, CLUSTER_NAME, Layout
 from batchpilot_localcluster.processes import ProcessRegistry, pid_alive
@@ -395,6 +396,9 @@ class LocalCluster:
             *self.agent_args,
         ]
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        # Pods resolve hf:// model URIs in the node's model cache (there is no hub here).
+        env.setdefault("HF_HUB_CACHE", str(self.layout.model_cache))
+        seed_minilm(Path(env["HF_HUB_CACHE"]))
         pid = spawn_detached(argv, self.layout.agent_log, env)
         self.layout.agent_pid.write_text(f"{pid}\n")
         log(f"started the node agent (pid {pid}, log {self.layout.agent_log})")

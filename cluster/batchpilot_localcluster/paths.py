@@ -84,6 +84,12 @@ class Layout:
         return self.agent_dir / "images.yaml"
 
     @property
+    def model_cache(self) -> Path:
+        """The local node's Hugging Face cache (HF_HUB_CACHE of its pods): where hf:// model
+        URIs resolve, as on a GPU node with a pre-filled model cache."""
+        return self.home / "models"
+
+    @property
     def lock(self) -> Path:
         return self.state / ".lock"
 

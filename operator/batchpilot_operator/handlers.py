@@ -14,19 +14,9 @@ through ``converge(..., adjust=...)``: a function of (BatchedModel, TunedState) 
 new TunedState, applied under the same lock, so a decision and a spec edit never race.
 
 Handlers are synchronous (kopf runs them in its thread pool) because the kubernetes client
-is; an async timer can call ``await asyncio.to_thread(converge, ...)``. A tuning timer looks
-like this (the state comes from ``status.tuned``; the new one is persisted there)::
-
-    @kopf.timer(*BM, interval=5.0)
-    def tune(*, name: str, namespace: str | None, logger: Log, **_: Any) -> None:
-        def adjust(bm: BatchedModel, state: TunedState) -> TunedState:
-            d = tuning.decide(observation, current_from(state), spec_from(bm), now)
-            return dataclasses.replace(
-                state, replicas=d.replicas, max_batch_size=d.max_batch_size,
-                max_wait_ms=d.max_wait_ms,
-            )
-        converge(namespace, name, logger=logger, adjust=adjust,
-                 extra_status={"lastDecision": ...}, in_force=config_the_pods_report)
+is. The one exception is the tuning loop: an async kopf daemon per BatchedModel with
+autoscaling enabled (:func:`tune`), which runs :class:`batchpilot_operator.loop.TuningLoop`
+once per ``intervalSeconds`` and reaches the API through :class:`KubeForLoop` in a thread.
 """
 
 from __future__ import annotations
@@ -48,6 +38,7 @@ from kubernetes.client.exceptions import ApiException
 
 from batchpilot_operator import api, conditions, desired
 from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_operator.loop import TuningLoop
 from batchpilot_operator.settings import OperatorSettings
 from batchpilot_runtime.config import BatchingConfig
 
@@ -599,3 +590,114 @@ def reconciles_probe(**_: Any) -> int:
     """Liveness report: how many reconciles this process has completed."""
     with _slots_lock:
         return _completed
+
+
+# --------------------------------------------------------------------------- tuning loop
+
+
+class KubeForLoop:
+    """The tuning loop's access to the cluster (:class:`batchpilot_operator.loop.Kube`)."""
+
+    def __init__(self, logger: Log = LOGGER, api_clients: Clients | None = None) -> None:
+        self.logger = logger
+        self._clients = api_clients
+
+    @property
+    def c(self) -> Clients:
+        return self._clients or clients()
+
+    def read(self, namespace: str, name: str) -> BatchedModel | None:
+        try:
+            body = _read(
+                self.c.custom.get_namespaced_custom_object,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
+            )
+        except _NETWORK_ERRORS as exc:
+            raise _classify(exc) from exc
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        return BatchedModel.from_body(body)
+
+    def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        try:
+            listing = self.c.core.list_namespaced_pod(
+                namespace, label_selector=desired.selector_string(name), _preload_content=False
+            )
+        except _NETWORK_ERRORS as exc:
+            raise _classify(exc) from exc
+        items: list[dict[str, Any]] = _json(listing).get("items", [])
+        return items
+
+    def apply(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        adjust: Adjust,
+        extra_status: Mapping[str, Any],
+        in_force: BatchingConfig | None,
+    ) -> TunedState | None:
+        result = converge(
+            namespace,
+            name,
+            logger=self.logger,
+            adjust=adjust,
+            extra_status=extra_status,
+            in_force=in_force,
+            api_clients=self._clients,
+        )
+        return result.state if result is not None else None
+
+    def touch_pods(self, namespace: str, pods: list[str], generation: int) -> None:
+        patch = {
+            "metadata": {"annotations": {desired.CONFIG_GENERATION_ANNOTATION: str(generation)}}
+        }
+        for pod in pods:
+            try:
+                self.c.core.patch_namespaced_pod(pod, namespace, patch, _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 404:  # a pod deleted meanwhile needs no refresh
+                    self.logger.warning(f"could not touch pod {pod}: {exc.status} {exc.reason}")
+
+
+@kopf.daemon(
+    *BM,
+    field="spec.autoscaling.enabled",
+    value=True,
+    cancellation_timeout=30.0,
+)
+async def tune(
+    *,
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    logger: Log,
+    **_: Any,
+) -> None:
+    """The tuning loop of one BatchedModel with autoscaling enabled: a tick at once (the
+    baseline), then one per ``intervalSeconds``. Kopf starts it when autoscaling is turned on
+    and stops it when it is turned off or the object goes. A failed tick is logged; the
+    next one tries again."""
+    if namespace is None:
+        return
+    loop = TuningLoop(namespace, name, KubeForLoop(logger), logger=logger)
+    interval = float(body.get("spec", {}).get("autoscaling", {}).get("intervalSeconds", 15))
+    while not stopped:
+        started = loop.clock()
+        try:
+            result = await loop.tick()
+        except (TransientError, PermanentError, OSError) as exc:
+            logger.warning(f"tuning tick failed, retried in {interval:g}s: {exc}")
+        else:
+            if result is None:
+                return  # deleted
+            interval = result.interval_s
+            for event in result.events:
+                with contextlib.suppress(LookupError):
+                    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        await stopped.wait(max(0.0, interval - (loop.clock() - started)))

@@ -7,16 +7,13 @@ import math
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client import Histogram as PromHistogram
-from prometheus_client.exposition import generate_latest
+from fakepods import FakePod, scrape_of
 
 from batchpilot_operator.metrics import (
     BATCH_SIZE,
     REQUEST_DURATION,
     Histogram,
     MetricsParseError,
-    Scrape,
     ServicePoint,
     fit_service_time,
     fraction_at_most,
@@ -28,47 +25,6 @@ from batchpilot_operator.metrics import (
 )
 from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.telemetry import Telemetry
-
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-class FakePod:
-    """A pod's metrics, written with prometheus_client exactly as a runtime would."""
-
-    def __init__(self, max_batch_size: int = 16, max_wait_s: float = 0.005, gen: int = 1) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.queue = Gauge("batchpilot_queue_depth", "waiting", registry=r)
-        self.requests = Counter("batchpilot_requests_total", "answered", ["outcome"], registry=r)
-        self.latency = PromHistogram(
-            "batchpilot_request_duration_seconds", "e2e", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.wait = PromHistogram(
-            "batchpilot_queue_wait_seconds", "wait", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.size = PromHistogram(
-            "batchpilot_batch_size", "items", buckets=SIZE_BUCKETS, registry=r
-        )
-        self.duration = PromHistogram(
-            "batchpilot_batch_duration_seconds", "exec", buckets=LATENCY_BUCKETS, registry=r
-        )
-        Gauge("batchpilot_config_max_batch_size", "cfg", registry=r).set(max_batch_size)
-        Gauge("batchpilot_config_max_wait_seconds", "cfg", registry=r).set(max_wait_s)
-        Gauge("batchpilot_config_generation", "cfg", registry=r).set(gen)
-
-    def serve(self, n: int, latency_s: float, batch_size: int, batch_s: float) -> None:
-        """``n`` requests answered ok in batches of ``batch_size`` taking ``batch_s``."""
-        for _ in range(n):
-            self.requests.labels("ok").inc()
-            self.latency.observe(latency_s)
-            self.wait.observe(latency_s - batch_s)
-        for _ in range(n // batch_size):
-            self.size.observe(batch_size)
-            self.duration.observe(batch_s)
-
-    def text(self) -> str:
-        return generate_latest(self.registry).decode()
 
 
 def test_parse_reads_every_contract_metric() -> None:
@@ -128,14 +84,6 @@ def test_sum_histograms_adds_bucket_by_bucket() -> None:
     assert total.buckets == ((0.1, 3.0), (0.2, 5.0), (math.inf, 10.0))
     assert (total.count, total.sum) == (10.0, 2.0)
     assert sum_histograms([]) is None
-
-
-def scrape_of(t: float, pods: dict[str, FakePod], missing: dict[str, str] | None = None) -> Scrape:
-    return Scrape(
-        time=t,
-        samples={name: parse_metrics(p.text(), pod=name, at=t) for name, p in pods.items()},
-        missing=missing or {},
-    )
 
 
 def test_observe_takes_deltas_over_the_window_and_sums_pods() -> None:

@@ -1,0 +1,333 @@
+"""Actuation: the tuning loop of one BatchedModel, one tick at a time.
+
+Each tick (every ``spec.autoscaling.intervalSeconds``; a kopf daemon in
+:mod:`batchpilot_operator.handlers` drives it):
+
+1. read the BatchedModel, list its runtime pods, scrape the ready ones' ``/metrics``;
+2. compare with the previous scrape into an :class:`~batchpilot_operator.metrics.Observation`;
+3. :func:`~batchpilot_operator.tuning.decide` the next replicas, batch size and wait;
+4. apply it through the reconciler (``converge(adjust=...)``, under its per-object lock):
+   replicas on the Deployment, the config in the ConfigMap, the observation, the config the
+   pods report in force and the decision in status;
+5. after a config change, touch an annotation on every pod: the kubelet refreshes a mounted
+   ConfigMap only on its next sync of the pod, and a pod update starts one at once. The loop
+   then watches the pods' metrics until they all report the new generation, and records how
+   long that took (an Event, and :attr:`TickResult.propagation_s`).
+
+The memory between ticks (the previous scrape, recent service-time points, the policy's
+timings) lives in :class:`TuningLoop`. It is lost when the operator restarts; the first tick
+after that only takes a baseline and holds.
+
+Kubernetes access goes through the small :class:`Kube` port (synchronous, run in a thread),
+so the loop is tested with fakes and runs against the real API server in the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from batchpilot_operator import api, desired
+from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_operator.conditions import now_rfc3339
+from batchpilot_operator.metrics import Observation, Scrape, ServicePoint, observe, scrape_pods
+from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, decide
+from batchpilot_runtime.config import BatchingConfig
+
+LOGGER = logging.getLogger("batchpilot.loop")
+
+HISTORY_POINTS = 60
+"""Per-pod service-time points kept for the fit (a few minutes of windows)."""
+PROPAGATION_POLL_S = 0.25
+"""How often the pods' metrics are read while a new config propagates."""
+PROPAGATION_TIMEOUT_S = 10.0
+"""Longest the loop watches a new config propagate within one tick (the next ticks see it)."""
+
+Scraper = Callable[[Mapping[str, str]], Awaitable[Scrape]]
+Adjust = Callable[[BatchedModel, TunedState], TunedState]
+Policy = Callable[[Observation, CurrentState, TuningSpec, float], Decision]
+
+
+class Kube(Protocol):
+    """What the loop needs from the cluster. Synchronous: the loop runs it in a thread."""
+
+    def read(self, namespace: str, name: str) -> BatchedModel | None:
+        """The BatchedModel, or None once it is gone."""
+        ...
+
+    def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The BatchedModel's runtime pods, as the API returns them."""
+        ...
+
+    def apply(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        adjust: Adjust,
+        extra_status: Mapping[str, Any],
+        in_force: BatchingConfig | None,
+    ) -> TunedState | None:
+        """Converge the children and status with ``adjust``; the state applied (None: gone)."""
+        ...
+
+    def touch_pods(self, namespace: str, pods: list[str], generation: int) -> None:
+        """Annotate the pods with the config generation (a pod already gone is fine)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoopEvent:
+    """An Event to post on the BatchedModel."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class TickResult:
+    """What one tick saw and did."""
+
+    observation: Observation | None
+    decision: Decision | None
+    interval_s: float
+    events: list[LoopEvent] = field(default_factory=list)
+    propagation_s: float | None = None
+    """Seconds from writing a new config to every ready pod reporting it (None: no change,
+    or not every pod within :data:`PROPAGATION_TIMEOUT_S`; the next ticks then wait for it)."""
+
+
+# ------------------------------------------------------------------------ pure helpers
+
+
+def ready_pod_targets(pods: list[dict[str, Any]], port: int = desired.PORT) -> dict[str, str]:
+    """Pod name -> metrics URL of the pods that are Ready, have an IP and are not being
+    deleted: the pods that serve traffic, so the ones whose load counts."""
+    targets: dict[str, str] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        if ready and ip and not meta.get("deletionTimestamp"):
+            host = f"[{ip}]" if ":" in ip else ip
+            targets[meta["name"]] = f"http://{host}:{port}/metrics"
+    return targets
+
+
+def in_force_config(obs: Observation, spec: api.BatchedModelSpec) -> BatchingConfig | None:
+    """The batching config the pods report running: the oldest generation among them, so
+    status never shows a config as in force before every pod runs it. None if none report."""
+    reported = [
+        (c.generation, c.max_batch_size, c.max_wait_s)
+        for c in obs.configs.values()
+        if c.generation is not None and c.max_batch_size is not None and c.max_wait_s is not None
+    ]
+    if not reported:
+        return None
+    generation, size, wait_s = min(reported)
+    return BatchingConfig(
+        maxBatchSize=size,
+        maxWaitMs=round(wait_s * 1000.0, 3),
+        maxQueue=spec.batching.max_queue,
+        requestTimeoutMs=spec.batching.request_timeout_ms,
+        generation=generation,
+    )
+
+
+def observation_status(obs: Observation | None) -> dict[str, Any]:
+    """The status fields that show the last window (empty when it covered no pod).
+    Rounded, so that status changes only with the load, not with noise in the last digit."""
+    if obs is None or obs.pods_paired == 0:
+        return {}
+    coverage = obs.pods_paired / max(1, obs.pods_expected)
+    out: dict[str, Any] = {
+        "requestsPerSecond": round(obs.arrival_rate / coverage, 1),
+        "queueDepth": round(obs.queue_depth, 1),
+    }
+    if obs.mean_batch_size is not None:
+        out["avgBatchSize"] = round(obs.mean_batch_size, 1)
+    if obs.latency_p95_s is not None:
+        out["p95LatencyMs"] = round(obs.latency_p95_s * 1000.0, 1)
+    return out
+
+
+def decision_event(before: CurrentState, d: Decision) -> LoopEvent | None:
+    """The Event recording a decision that changes something (None for a hold)."""
+    if not (d.replicas_changed or d.config_changed):
+        return None
+    changes = []
+    if d.replicas_changed:
+        changes.append(f"replicas {before.replicas}->{d.replicas}")
+    if d.max_batch_size != before.max_batch_size:
+        changes.append(f"maxBatchSize {before.max_batch_size}->{d.max_batch_size}")
+    if d.max_wait_ms != before.max_wait_ms:
+        changes.append(f"maxWaitMs {before.max_wait_ms:g}->{d.max_wait_ms:g}")
+    reason = "ScaledUp" if d.replicas > before.replicas else "ScaledDown"
+    if not d.replicas_changed:
+        reason = "Retuned"
+    return LoopEvent("Normal", reason, f"{', '.join(changes)}: {d.reason}")
+
+
+def _knobs(state: TunedState) -> tuple[int, int, float]:
+    return (state.replicas, state.max_batch_size, state.max_wait_ms)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+class TuningLoop:
+    """The loop of one BatchedModel: call :meth:`tick` once per interval."""
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        kube: Kube,
+        *,
+        scrape: Scraper | None = None,
+        policy: Policy = decide,
+        clock: Callable[[], float] = time.monotonic,
+        propagation_timeout_s: float = PROPAGATION_TIMEOUT_S,
+        logger: logging.Logger | logging.LoggerAdapter[Any] = LOGGER,
+    ) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.kube = kube
+        self.scrape: Scraper = scrape or (lambda targets: scrape_pods(targets, clock=clock))
+        self.policy = policy
+        self.clock = clock
+        self.propagation_timeout_s = propagation_timeout_s
+        self.logger = logger
+        self.previous: Scrape | None = None
+        self.history: deque[ServicePoint] = deque(maxlen=HISTORY_POINTS)
+        self.state: CurrentState | None = None
+        self.pending: tuple[int, float] | None = None
+        """(generation, time written) of a config not yet reported by every pod."""
+
+    def current(self, tuned: TunedState) -> CurrentState:
+        """The policy's state: the knobs as the reconciler last applied them (a spec edit
+        or ``kubectl scale`` may have moved them), with the loop's own memory of timings."""
+        knobs = (tuned.replicas, tuned.max_batch_size, tuned.max_wait_ms)
+        base = self.state or CurrentState(*knobs, generation=tuned.config_generation)
+        return replace(
+            base,
+            replicas=tuned.replicas,
+            max_batch_size=tuned.max_batch_size,
+            max_wait_ms=tuned.max_wait_ms,
+            generation=tuned.config_generation,
+        )
+
+    async def tick(self) -> TickResult | None:
+        """Observe, decide and apply once. None when the BatchedModel is gone."""
+        bm = await asyncio.to_thread(self.kube.read, self.namespace, self.name)
+        if bm is None:
+            return None
+        spec = TuningSpec.from_autoscaling(bm.spec.autoscaling)
+        pods = await asyncio.to_thread(self.kube.list_pods, self.namespace, self.name)
+        targets = ready_pod_targets(pods)
+        scrape = await self.scrape(targets)
+        obs = observe(self.previous, scrape, history=tuple(self.history))
+        self.previous = scrape
+        self.history.extend(obs.service_points)
+        result = TickResult(obs, None, spec.interval_s)
+        for pod, why in sorted(obs.missing.items()):
+            self.logger.info(f"{self.namespace}/{self.name}: no metrics from {pod}: {why}")
+
+        tuned = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
+        before = self.current(tuned)
+        now = self.clock()
+        decision = self.policy(obs, before, spec, now)
+        result.decision = decision
+
+        def adjust(fresh: BatchedModel, state: TunedState) -> TunedState:
+            if _knobs(state) != _knobs(tuned):
+                return state  # the spec was edited meanwhile: the next tick decides afresh
+            return replace(
+                state,
+                replicas=decision.replicas,
+                max_batch_size=decision.max_batch_size,
+                max_wait_ms=decision.max_wait_ms,
+            )
+
+        in_force = in_force_config(obs, bm.spec)
+        extra = {
+            **observation_status(obs),
+            "lastDecision": {
+                "time": now_rfc3339(),
+                "action": decision.action,
+                "reason": decision.reason[:4096],
+            },
+        }
+        applied = await asyncio.to_thread(
+            self.kube.apply,
+            self.namespace,
+            self.name,
+            adjust=adjust,
+            extra_status=extra,
+            in_force=in_force,
+        )
+        if applied is None:
+            return None
+        self.state = replace(
+            decision.next_state(before, now),
+            replicas=applied.replicas,
+            max_batch_size=applied.max_batch_size,
+            max_wait_ms=applied.max_wait_ms,
+            generation=applied.config_generation,
+        )
+        event = decision_event(before, decision)
+        if event is not None:
+            result.events.append(event)
+            self.logger.info(f"{self.namespace}/{self.name}: {event.reason}: {event.message}")
+
+        if applied.config_generation > before.generation:
+            self.pending = (applied.config_generation, self.clock())
+            await asyncio.to_thread(
+                self.kube.touch_pods, self.namespace, sorted(targets), applied.config_generation
+            )
+            await self._watch_propagation(targets, result)
+        elif self.pending is not None:
+            self._check_propagation(obs, len(targets), result)
+        return result
+
+    async def _watch_propagation(self, targets: Mapping[str, str], result: TickResult) -> None:
+        """Read the pods' metrics until every one reports the pending generation (bounded)."""
+        assert self.pending is not None
+        deadline = self.clock() + self.propagation_timeout_s
+        while targets and self.clock() < deadline:
+            await asyncio.sleep(PROPAGATION_POLL_S)
+            scrape = await self.scrape(targets)
+            gens = [s.config.generation or 0 for s in scrape.samples.values()]
+            if len(gens) == len(targets) and min(gens) >= self.pending[0]:
+                self._propagated(len(targets), result)
+                return
+
+    def _check_propagation(self, obs: Observation, pods: int, result: TickResult) -> None:
+        assert self.pending is not None
+        gen = obs.min_config_generation
+        if pods and obs.pods_scraped == pods and gen is not None and gen >= self.pending[0]:
+            self._propagated(pods, result)
+
+    def _propagated(self, pods: int, result: TickResult) -> None:
+        assert self.pending is not None
+        generation, written = self.pending
+        self.pending = None
+        result.propagation_s = self.clock() - written
+        result.events.append(
+            LoopEvent(
+                "Normal",
+                "ConfigInForce",
+                f"batching config generation {generation} in force on {pods} pod(s), "
+                f"{result.propagation_s:.2f} s after it was written",
+            )
+        )

@@ -1,0 +1,337 @@
+"""The tuning loop's glue: pods to targets, observation to status, decisions to the children,
+Events and the config's propagation. Kubernetes is a fake here (the cluster and e2e layers
+run the loop against the real API server); metrics are written by prometheus_client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from fakepods import FakePod, scrape_of
+
+from batchpilot_operator import api
+from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_operator.loop import (
+    TuningLoop,
+    decision_event,
+    in_force_config,
+    observation_status,
+    ready_pod_targets,
+)
+from batchpilot_operator.metrics import Scrape, observe
+from batchpilot_operator.tuning import CurrentState, Decision
+from batchpilot_runtime.config import BatchingConfig
+
+
+def pod(name: str, ip: str | None = "127.0.0.9", ready: bool = True, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, **meta},
+        "status": {
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_targets_are_the_ready_pods_with_an_address() -> None:
+    pods = [
+        pod("a", "127.0.0.2"),
+        pod("b", "127.0.0.3", ready=False),
+        pod("c", None),
+        pod("d", "127.0.0.5", deletionTimestamp="2026-01-01T00:00:00Z"),
+        pod("e", "fd00::5"),
+    ]
+    assert ready_pod_targets(pods) == {
+        "a": "http://127.0.0.2:8080/metrics",
+        "e": "http://[fd00::5]:8080/metrics",
+    }
+
+
+def body(**autoscaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {"name": "m", "namespace": "ns", "generation": 1, "uid": "u1"},
+        "spec": {
+            "model": {"uri": "hf://org/m", "task": "embedding"},
+            "replicas": 1,
+            "batching": {"maxBatchSize": 8, "maxWaitMs": 5},
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "latencyTargetMs": 100,
+                "intervalSeconds": 5,
+                **autoscaling,
+            },
+        },
+    }
+
+
+def test_in_force_is_the_oldest_generation_the_pods_report() -> None:
+    bm = BatchedModel.from_body(body())
+    pods = {"a": FakePod(16, 0.004, gen=3), "b": FakePod(8, 0.005, gen=2)}
+    obs = observe(None, scrape_of(1.0, pods))
+    config = in_force_config(obs, bm.spec)
+    assert config is not None
+    assert (config.max_batch_size, config.max_wait_ms, config.generation) == (8, 5.0, 2)
+    assert config.max_queue == bm.spec.batching.max_queue
+    assert in_force_config(observe(None, Scrape(time=1.0, samples={})), bm.spec) is None
+
+
+def test_observation_status_only_for_a_window_that_covers_pods() -> None:
+    pods = {"a": FakePod(), "b": FakePod()}
+    first = scrape_of(0.0, pods)
+    assert observation_status(observe(None, first)) == {}
+    for p in pods.values():
+        p.serve(100, latency_s=0.03, batch_size=4, batch_s=0.02)
+    pods["a"].queue.set(3)
+    # b does not answer: its share of the load is assumed like a's
+    second = Scrape(
+        time=10.0, samples=scrape_of(10.0, {"a": pods["a"]}).samples, missing={"b": "x"}
+    )
+    status = observation_status(observe(first, second))
+    assert status == {
+        "requestsPerSecond": pytest.approx(2 * 103 / 10, abs=0.05),
+        "queueDepth": 3.0,
+        "avgBatchSize": 4.0,
+        "p95LatencyMs": pytest.approx(48.8, abs=0.1),
+    }
+
+
+def decision(replicas: int, size: int, wait: float, reason: str = "why") -> Decision:
+    return Decision(
+        action="x",
+        replicas=replicas,
+        max_batch_size=size,
+        max_wait_ms=wait,
+        reason=reason,
+        replicas_changed=replicas != 2,
+        config_changed=(size, wait) != (8, 5.0),
+        recommendations=(),
+    )
+
+
+def test_decision_events_name_what_changed_and_why() -> None:
+    before = CurrentState(replicas=2, max_batch_size=8, max_wait_ms=5.0, generation=1)
+    assert decision_event(before, decision(2, 8, 5.0)) is None
+    up = decision_event(before, decision(3, 16, 5.0, "queue growing"))
+    assert up is not None
+    assert (up.reason, up.message) == (
+        "ScaledUp",
+        "replicas 2->3, maxBatchSize 8->16: queue growing",
+    )
+    down = decision_event(before, decision(1, 8, 5.0))
+    assert down is not None
+    assert down.reason == "ScaledDown"
+    retune = decision_event(before, decision(2, 8, 2.5))
+    assert retune is not None
+    assert (retune.reason, retune.message) == ("Retuned", "maxWaitMs 5->2.5: why")
+
+
+# ------------------------------------------------------------------ the loop, on a fake API
+
+
+@dataclass
+class FakeKube:
+    """A BatchedModel and its pods. ``apply`` does what the reconciler does to the tuned
+    state: resolve it from spec and status, adjust, clamp, settle the generation."""
+
+    body: dict[str, Any]
+    pods: dict[str, FakePod]
+    configmap: BatchingConfig | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    touched: list[tuple[list[str], int]] = field(default_factory=list)
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    gone: bool = False
+    edit_before_apply: Callable[[], None] | None = None
+
+    def bm(self) -> BatchedModel:
+        return BatchedModel.from_body({**self.body, "status": self.status})
+
+    def read(self, namespace: str, name: str) -> BatchedModel | None:
+        return None if self.gone else self.bm()
+
+    def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [pod(p, f"127.0.0.{i + 2}") for i, p in enumerate(sorted(self.pods))]
+
+    def apply(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        adjust: Callable[[BatchedModel, TunedState], TunedState],
+        extra_status: Mapping[str, Any],
+        in_force: BatchingConfig | None,
+    ) -> TunedState | None:
+        if self.edit_before_apply is not None:
+            self.edit_before_apply()
+        bm = self.bm()
+        state = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
+        state = adjust(bm, state).clamped(bm.spec)
+        state = api.settle_generation(state, bm.spec, self.configmap)
+        self.configmap = state.batching_config(bm.spec)
+        self.status = {**self.status, **extra_status, "tuned": state.to_status()}
+        self.applied.append({"in_force": in_force, "extra": dict(extra_status)})
+        return state
+
+    def touch_pods(self, namespace: str, pods: list[str], generation: int) -> None:
+        self.touched.append((pods, generation))
+        assert self.configmap is not None
+        for p in pods:  # the kubelet syncs the pod, the runtime reloads the file
+            c = self.configmap
+            self.pods[p].load_config(c.max_batch_size, c.max_wait_s, c.generation)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def loop_for(kube: FakeKube, clock: Clock, **kw: Any) -> TuningLoop:
+    async def scrape(targets: Mapping[str, str]) -> Scrape:
+        return scrape_of(clock(), {p: kube.pods[p] for p in targets})
+
+    return TuningLoop("ns", "m", kube, scrape=scrape, clock=clock, **kw)
+
+
+def started(kube: FakeKube) -> None:
+    """The reconciler has written generation 1 and the pods run it."""
+    bm = kube.bm()
+    state = api.settle_generation(api.resolve_state(bm.spec, None), bm.spec, None)
+    kube.configmap = state.batching_config(bm.spec)
+    kube.status = {"tuned": state.to_status()}
+    for p in kube.pods.values():
+        p.load_config(state.max_batch_size, state.max_wait_ms / 1000, state.config_generation)
+
+
+async def test_first_tick_takes_a_baseline_and_holds() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+    result = await loop_for(kube, Clock()).tick()
+    assert result is not None
+    assert result.decision is not None
+    assert result.decision.action == "hold"
+    assert result.events == []
+    assert result.interval_s == 5.0
+    last = kube.applied[-1]
+    assert last["in_force"].generation == 1
+    assert last["extra"]["lastDecision"]["action"] == "hold"
+    assert "requestsPerSecond" not in last["extra"]  # no window yet
+    assert kube.touched == []
+
+
+async def test_a_growing_queue_scales_up_with_an_event_and_status() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod(8, 0.005)})
+    started(kube)
+    clock = Clock()
+    loop = loop_for(kube, clock)
+    await loop.tick()
+    clock.now += 5.0
+    a = kube.pods["m-a"]
+    a.serve(400, latency_s=0.4, batch_size=8, batch_s=0.05)  # 80/s, slow
+    a.queue.set(200)
+    result = await loop.tick()
+    assert result is not None
+    assert result.decision is not None
+    assert result.decision.replicas > 1
+    assert kube.status["tuned"]["replicas"] == result.decision.replicas
+    assert kube.status["lastDecision"]["action"].startswith("scale-up")
+    assert kube.status["requestsPerSecond"] == pytest.approx(120.0, abs=0.1)  # 80 + 200/5
+    assert kube.status["queueDepth"] == 200.0
+    assert [e.reason for e in result.events][:1] == ["ScaledUp"]
+    assert loop.state is not None
+    assert loop.state.last_scale_up == clock.now  # the policy's memory for the next tick
+
+
+async def test_a_config_change_touches_the_pods_and_measures_propagation() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod(), "m-b": FakePod()})
+    started(kube)
+    clock = Clock()
+    loop = loop_for(kube, clock)
+    retune = Decision("retune", 1, 16, 2.0, "test", False, True, ())
+    loop.policy = lambda *_: retune
+    result = await loop.tick()
+    assert result is not None
+    assert kube.configmap is not None
+    assert (kube.configmap.max_batch_size, kube.configmap.max_wait_ms) == (16, 2.0)
+    assert kube.configmap.generation == 2
+    assert kube.touched == [(["m-a", "m-b"], 2)]
+    assert result.propagation_s is not None
+    assert [e.reason for e in result.events] == ["Retuned", "ConfigInForce"]
+    assert "generation 2 in force on 2 pod(s)" in result.events[1].message
+    assert loop.pending is None
+
+
+async def test_propagation_not_seen_within_the_tick_is_reported_by_a_later_one() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+    kube.touch_pods = lambda ns, pods, gen: kube.touched.append((pods, gen))  # type: ignore[method-assign]
+    loop = TuningLoop(
+        "ns",
+        "m",
+        kube,
+        scrape=lambda targets: _scrape_now(kube, targets),
+        propagation_timeout_s=0.6,
+    )
+    retune = Decision("retune", 1, 4, 5.0, "test", False, True, ())
+    loop.policy = lambda *_: retune
+    result = await loop.tick()
+    assert result is not None
+    assert result.propagation_s is None
+    assert loop.pending is not None
+    kube.pods["m-a"].load_config(4, 0.005, 2)  # the periodic kubelet sync got there
+    loop.policy = lambda *_: replace(retune, config_changed=False, action="hold")
+    later = await loop.tick()
+    assert later is not None
+    assert later.propagation_s is not None
+    assert "ConfigInForce" in [e.reason for e in later.events]
+
+
+async def _scrape_now(kube: FakeKube, targets: Mapping[str, str]) -> Scrape:
+    return scrape_of(time.monotonic(), {p: kube.pods[p] for p in targets})
+
+
+async def test_a_spec_edit_between_decision_and_apply_wins() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+
+    def edit() -> None:
+        kube.body["spec"]["replicas"] = 3  # kubectl scale bm/m --replicas=3
+
+    kube.edit_before_apply = edit
+    clock = Clock()
+    loop = loop_for(kube, clock)
+    scale = Decision("scale-up", 2, 8, 5.0, "test", True, False, ())
+    loop.policy = lambda *_: scale
+    await loop.tick()
+    assert kube.status["tuned"]["replicas"] == 3
+    assert loop.state is not None
+    assert loop.state.replicas == 3  # the next decision starts from what was applied
+
+
+async def test_a_deleted_model_ends_the_loop() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()}, gone=True)
+    assert await loop_for(kube, Clock()).tick() is None
+
+
+async def test_decisions_stay_within_edited_bounds() -> None:
+    kube = FakeKube(body(maxReplicas=2), {"m-a": FakePod(8, 0.005)})
+    started(kube)
+    clock = Clock()
+    loop = loop_for(kube, clock)
+    await loop.tick()
+    clock.now += 5.0
+    kube.pods["m-a"].serve(2000, latency_s=0.9, batch_size=8, batch_s=0.05)
+    kube.pods["m-a"].queue.set(1000)
+    result = await loop.tick()
+    assert result is not None
+    assert result.decision is not None
+    assert result.decision.replicas == 2
+    assert kube.status["tuned"]["replicas"] == 2
