@@ -1,0 +1,185 @@
+"""A BatchedModel under load on the local cluster, recorded: what `make demo` shows and the
+end-to-end test asserts.
+
+The operator is installed from the Helm chart (it runs as a pod with the chart's RBAC), the
+model from ``examples/embedding-minilm.yaml`` (all-MiniLM-L6-v2 from the node's model cache),
+and the load comes from :mod:`batchpilot_localcluster.loadgen` against the ready pods (there
+is no kube-proxy here: clients call pod IPs, as a service mesh or a headless Service would).
+While the load runs, the BatchedModel's status is sampled once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from batchpilot_localcluster.cluster import LocalCluster
+from batchpilot_localcluster.loadgen import LoadReport, Outcome, RateSchedule, run_load
+
+JSON = dict[str, Any]
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "batchpilot"
+EXAMPLE = REPO / "examples" / "embedding-minilm.yaml"
+GROUP_PLURAL = "batchedmodels.batchpilot.dev"
+
+
+def install_operator(
+    cluster: LocalCluster,
+    namespace: str,
+    *,
+    release: str = "batchpilot",
+    values: Mapping[str, Any] | None = None,
+) -> str:
+    """``helm upgrade --install`` the chart into ``namespace`` and wait for the operator to be
+    ready; the command's output (the chart's NOTES)."""
+    result = cluster.helm(
+        "upgrade", "--install", release, str(CHART), "-n", namespace, "--create-namespace",
+        "--wait", "--timeout", "5m", "-f", "-",
+        input=yaml.safe_dump(dict(values or {})),
+    )  # fmt: skip
+    return result.stdout
+
+
+def merge(base: JSON, overrides: Mapping[str, Any]) -> JSON:
+    """``base`` with ``overrides`` merged in, mappings recursively (a new object)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def example_model(overrides: Mapping[str, Any] | None = None, path: Path = EXAMPLE) -> JSON:
+    """The example BatchedModel manifest, with ``overrides`` merged into it."""
+    manifest: JSON = yaml.safe_load(path.read_text())
+    return merge(manifest, overrides or {})
+
+
+@dataclass(frozen=True)
+class StatusSample:
+    """A BatchedModel's status at one instant (``t`` in seconds since the load started)."""
+
+    t: float
+    ready: int
+    desired: int
+    max_batch_size: int | None
+    max_wait_ms: float | None
+    config_generation: int | None
+    requests_per_second: float | None
+    queue_depth: float | None
+    p95_latency_ms: float | None
+    action: str | None
+    reason: str | None
+    state: str
+
+    @classmethod
+    def from_object(cls, t: float, bm: JSON) -> StatusSample:
+        st = bm.get("status") or {}
+        ready, _, desired = str(st.get("ready") or "0/0").partition("/")
+        decision = st.get("lastDecision") or {}
+        conditions = {c["type"]: c for c in st.get("conditions") or []}
+        ready_cond = conditions.get("Ready") or {}
+        return cls(
+            t=t,
+            ready=int(ready or 0),
+            desired=int(desired or 0),
+            max_batch_size=st.get("maxBatchSize"),
+            max_wait_ms=st.get("maxWaitMs"),
+            config_generation=st.get("configGeneration"),
+            requests_per_second=st.get("requestsPerSecond"),
+            queue_depth=st.get("queueDepth"),
+            p95_latency_ms=st.get("p95LatencyMs"),
+            action=decision.get("action"),
+            reason=decision.get("reason"),
+            state=str(ready_cond.get("reason") or ready_cond.get("status") or "Unknown"),
+        )
+
+
+@dataclass
+class ScenarioResult:
+    """The load's outcomes and the status samples taken while it ran."""
+
+    load: LoadReport
+    samples: list[StatusSample] = field(default_factory=list)
+
+    def p95_ms(self, start: float, end: float) -> float | None:
+        """Client-side p95 of the successful requests sent in ``[start, end)``."""
+        return LoadReport.p95_ms(self.load.window(start, end))
+
+    def within(self, target_ms: float, start: float = 0.0, end: float = float("inf")) -> float:
+        """Share of the requests sent in ``[start, end)`` answered 200 within ``target_ms``."""
+        window = self.load.window(start, end)
+        if not window:
+            return 1.0
+        good = sum(1 for o in window if o.status == 200 and o.latency_s * 1000 <= target_ms)
+        return good / len(window)
+
+
+def get_model(cluster: LocalCluster, namespace: str, name: str) -> JSON | None:
+    """The BatchedModel object, or None."""
+    return cluster.api.get_or_none(
+        f"/apis/batchpilot.dev/v1alpha1/namespaces/{namespace}/batchedmodels/{name}"
+    )
+
+
+def model_events(cluster: LocalCluster, namespace: str, name: str) -> list[JSON]:
+    """Events about the BatchedModel, oldest first."""
+    items: list[JSON] = cluster.api.get(
+        f"/api/v1/namespaces/{namespace}/events",
+        {"fieldSelector": f"involvedObject.name={name},involvedObject.kind=BatchedModel"},
+    )["items"]
+    return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+async def drive(
+    cluster: LocalCluster,
+    namespace: str,
+    name: str,
+    rate: RateSchedule,
+    duration_s: float,
+    *,
+    sample_every_s: float = 1.0,
+    on_sample: Callable[[StatusSample, ScenarioResult], None] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> ScenarioResult:
+    """Run the load against the model's ready pods for ``duration_s`` while sampling its
+    status; ``on_sample`` sees each sample as it comes (for a live display)."""
+    result = ScenarioResult(LoadReport())
+    start = time.monotonic()
+
+    async def endpoints() -> list[str]:
+        found = await asyncio.to_thread(cluster.service_endpoints, namespace, name, "http")
+        return [f"http://{address}" for address in found]
+
+    async def sample_status() -> None:
+        while True:
+            bm = await asyncio.to_thread(get_model, cluster, namespace, name)
+            if bm is not None:
+                sample = StatusSample.from_object(time.monotonic() - start, bm)
+                result.samples.append(sample)
+                if on_sample is not None:
+                    on_sample(sample, result)
+            await asyncio.sleep(sample_every_s)
+
+    def record(outcome: Outcome) -> None:
+        result.load.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    sampler = asyncio.create_task(sample_status())
+    try:
+        report = await run_load(endpoints, rate, duration_s, model=name, on_outcome=record)
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    result.load = report
+    return result
