@@ -32,6 +32,9 @@ cluster: install binaries ## Start the local cluster (control plane, kwok GPU no
 cluster-down: ## Stop the local cluster and everything it runs (no process left behind)
 	@if [ -x $(VENV)/bin/batchpilot-cluster ]; then $(VENV)/bin/batchpilot-cluster down; fi
 
+demo: install binaries ## The main job: local cluster, operator, a real model under rising and falling load, live
+	$(VENV)/bin/python -m batchpilot_localcluster.demo
+
 test: install binaries ## Run every test layer: unit, model, cluster and e2e
 	$(VENV)/bin/pytest
 
@@ -42,10 +45,15 @@ lint: install ## ruff, mypy --strict, hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy runtime/batchpilot_runtime operator/batchpilot_operator cluster/batchpilot_localcluster
+	$(VENV)/bin/hadolint runtime/Dockerfile operator/Dockerfile
 
 fmt: install ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+bench: install ## Benchmarks: the runtime against the offline limit, then the loop simulator (bench/README.md)
+	$(PY) bench/runtime.py
+	$(PY) -m bench.loop.run
 
 crds: install ## Regenerate the BatchedModel CRD (crds/ and the chart) from operator/batchpilot_operator/api.py
 	$(PY) -m batchpilot_operator.crdgen

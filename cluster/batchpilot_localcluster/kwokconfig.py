@@ -16,6 +16,8 @@ import yaml
 JSON = dict[str, Any]
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_POD_CIDR = "127.1.0.1/16"
+"""Pod IPs of kwok nodes: loopback, apart from the local node's 127.0.0.0/24."""
 KWOK_TAINT = {"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -55,6 +57,9 @@ def kwokctl_configuration(
                     "key": "manage-nodes-with-annotation-selector",
                     "value": f"{KWOK_ANNOTATION}=fake",
                 },
+                # Fake pods get loopback addresses too (kwok's default is 10.0.0.1/24): a
+                # client that calls a pod IP (the operator scraping metrics) stays on 127/8.
+                {"key": "cidr", "value": KWOK_POD_CIDR},
             ],
         }
     ]

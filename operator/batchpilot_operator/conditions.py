@@ -38,6 +38,8 @@ ImageNotRunnable, ...) is a problem worth a Degraded condition."""
 MAX_MESSAGE = 1024
 IN_FORCE_KEYS = ("maxBatchSize", "maxWaitMs", "configGeneration")
 """Status fields that show the batching config in force."""
+LOOP_KEYS = ("requestsPerSecond", "queueDepth", "avgBatchSize", "p95LatencyMs", "lastDecision")
+"""Status fields only the tuning loop writes (cleared when autoscaling is off)."""
 
 
 def now_rfc3339(now: datetime | None = None) -> str:

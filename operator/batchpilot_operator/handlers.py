@@ -9,9 +9,10 @@ live object and applies it (server-side apply, forced) only where it drifted, th
 status fields it owns only if they changed.
 
 Runs for one BatchedModel are serialised by a per-object lock, and a trigger that arrives
-while another run is already waiting is folded into it. The tuning loop (a timer) plugs in
-through ``converge(..., adjust=...)``: a function of (BatchedModel, TunedState) returning the
-new TunedState, applied under the same lock, so a decision and a spec edit never race.
+while another run is already waiting is folded into it. The tuning loop (a daemon,
+:func:`tune`) plugs in through ``converge(..., adjust=...)``: a function of (BatchedModel,
+TunedState) returning the new TunedState, applied under the same lock, so a decision and a
+spec edit never race.
 
 Handlers are synchronous (kopf runs them in its thread pool) because the kubernetes client
 is. The one exception is the tuning loop: an async kopf daemon per BatchedModel with
@@ -318,6 +319,9 @@ def _apply(
         # The loop reports what the pods run; do not overwrite it with what was merely written.
         for key in conditions.IN_FORCE_KEYS:
             wanted_status.pop(key, None)
+    if not bm.spec.autoscaling.enabled:
+        # The loop is off: its last observation and decision would only mislead.
+        wanted_status.update(dict.fromkeys(conditions.LOOP_KEYS))
     if extra:
         wanted_status.update(extra)
     patch = conditions.status_patch(body.get("status"), wanted_status)

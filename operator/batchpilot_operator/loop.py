@@ -215,9 +215,22 @@ class TuningLoop:
         """(generation, time written) of a config not yet reported by every pod."""
 
     def current(self, tuned: TunedState) -> CurrentState:
-        """The policy's state: the knobs as the reconciler last applied them (a spec edit
-        or ``kubectl scale`` may have moved them), with the loop's own memory of timings."""
+        """The policy's state: the knobs as the reconciler last applied them, with the loop's
+        own memory of timings and recent recommendations; that memory is dropped when the
+        knobs were moved outside the loop (a spec edit, ``kubectl scale``)."""
         knobs = (tuned.replicas, tuned.max_batch_size, tuned.max_wait_ms)
+        if self.state is not None and knobs != (
+            self.state.replicas,
+            self.state.max_batch_size,
+            self.state.max_wait_ms,
+        ):
+            # Edited outside the loop (spec, kubectl scale, new bounds): the tuning restarts
+            # from there, and the scale-down delay counts from now, not from old history.
+            self.logger.info(
+                f"{self.namespace}/{self.name}: knobs set to {knobs} outside the loop; "
+                "tuning restarts from them"
+            )
+            self.state = None
         base = self.state or CurrentState(*knobs, generation=tuned.config_generation)
         return replace(
             base,
@@ -290,7 +303,7 @@ class TuningLoop:
             result.events.append(event)
             self.logger.info(f"{self.namespace}/{self.name}: {event.reason}: {event.message}")
 
-        if applied.config_generation > before.generation:
+        if applied.config_generation > before.generation and targets:
             self.pending = (applied.config_generation, self.clock())
             await asyncio.to_thread(
                 self.kube.touch_pods, self.namespace, sorted(targets), applied.config_generation

@@ -133,12 +133,13 @@ def parse_settings(
             )
             continue
         required = f.name == "model" and not isinstance(default, str)
+        shown = default is not None and not required
         parser.add_argument(
             _flag(f.name),
             type=kind,
-            default=default,
+            default=None if required else default,
             required=required,
-            help=help_text + (f" (default: {default})" if default is not None else ""),
+            help=help_text + (f" (default: {default})" if shown else ""),
             choices=TASKS if f.name == "task" else None,
         )
     args = parser.parse_args(argv)

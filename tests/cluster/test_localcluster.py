@@ -520,6 +520,8 @@ def test_kwok_gpu_nodes_accept_pods_until_full(cluster: LocalCluster, namespace:
 
         running, pending = wait_for(settled, timeout=90, what="GPU pods to fill the pool")
         assert {p["spec"]["nodeName"] for p in running} == set(names)
+        # Fake pods have loopback addresses too: nothing that calls a pod IP leaves 127/8.
+        assert all(p["status"]["podIP"].startswith("127.1.") for p in running)
         (refused,) = pending
         assert refused["status"]["phase"] == "Pending"
         message = next(

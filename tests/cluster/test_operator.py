@@ -740,3 +740,17 @@ def test_tuning_hook_applies_a_decision_that_persists(
         assert models.configmap_config("tuned")["generation"] == 2
     finally:
         op.stop()
+
+    # Autoscaling turned off: the loop's observation and last decision leave status.
+    models.kubectl(
+        "patch",
+        "bm",
+        "tuned",
+        "--type=merge",
+        "-p",
+        '{"spec": {"autoscaling": {"enabled": false}}}',
+    )
+    handlers.converge(namespace, "tuned", api_clients=clients)
+    status = models.must("batchedmodel", "tuned")["status"]
+    assert "lastDecision" not in status
+    assert status["tuned"]["replicas"] == 1  # the spec's value again

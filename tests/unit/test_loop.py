@@ -335,3 +335,20 @@ async def test_decisions_stay_within_edited_bounds() -> None:
     assert result.decision is not None
     assert result.decision.replicas == 2
     assert kube.status["tuned"]["replicas"] == 2
+
+
+async def test_a_change_made_outside_the_loop_restarts_its_memory() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+    clock = Clock()
+    loop = loop_for(kube, clock)
+    await loop.tick()
+    assert loop.state is not None
+    loop.state = replace(loop.state, recommendations=((clock.now, 1),), last_scale_up=1.0)
+    kube.body["spec"]["replicas"] = 3  # kubectl scale bm/m --replicas=3
+    bm = kube.bm()
+    tuned = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
+    current = loop.current(tuned)
+    assert current.replicas == 3
+    assert current.recommendations == ()  # the scale-down delay counts from now
+    assert current.last_scale_up is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,9 @@ def test_kwokctl_uses_local_binaries_on_loopback(tmp_path: Path) -> None:
     args = {a["key"]: a["value"] for a in patch["extraArgs"]}
     assert args["manage-all-nodes"] == "false"
     assert args["manage-nodes-with-annotation-selector"] == "kwok.x-k8s.io/node=fake"
+    assert ipaddress.ip_network(args["cidr"], strict=False).subnet_of(
+        ipaddress.ip_network("127.0.0.0/8")
+    )
 
 
 def test_gpu_nodes_are_kwok_managed_and_tainted() -> None:
