@@ -29,9 +29,9 @@ from batchpilot_localcluster.scenario import (
     ScenarioResult,
     StatusSample,
     drive,
-    example_model,
     get_model,
     install_operator,
+    local_model,
     model_events,
 )
 from batchpilot_localcluster.waits import wait_for
@@ -55,21 +55,8 @@ def say(message: str) -> None:
 
 
 def model_manifest() -> dict[str, Any]:
-    """The example, with a faster loop so that a few minutes show every kind of decision."""
-    return example_model(
-        {
-            "metadata": {"name": NAME},
-            "spec": {
-                "env": [{"name": "BATCHPILOT_THREADS", "value": "1"}],
-                "autoscaling": {
-                    "maxReplicas": 2,
-                    "latencyTargetMs": TARGET_MS,
-                    "intervalSeconds": 5,
-                    "scaleDownDelaySeconds": 30,
-                },
-            },
-        }
-    )
+    """The example, with a faster loop so that a few minutes show its decisions."""
+    return local_model(NAME, target_ms=TARGET_MS, interval_s=5, scale_down_delay_s=30)
 
 
 # ----------------------------------------------------------------------------- set-up

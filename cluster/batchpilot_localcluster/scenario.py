@@ -64,6 +64,33 @@ def example_model(overrides: Mapping[str, Any] | None = None, path: Path = EXAMP
     return merge(manifest, overrides or {})
 
 
+def local_model(
+    name: str,
+    *,
+    target_ms: float,
+    interval_s: int,
+    scale_down_delay_s: int,
+    max_replicas: int = 2,
+) -> JSON:
+    """The example model for this machine: one CPU thread per replica (standing in for one
+    GPU, so replicas do not fight over cores) and a faster loop than the example's."""
+    return example_model(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "env": [{"name": "BATCHPILOT_THREADS", "value": "1"}],
+                "autoscaling": {
+                    "minReplicas": 1,
+                    "maxReplicas": max_replicas,
+                    "latencyTargetMs": target_ms,
+                    "intervalSeconds": interval_s,
+                    "scaleDownDelaySeconds": scale_down_delay_s,
+                },
+            },
+        }
+    )
+
+
 @dataclass(frozen=True)
 class StatusSample:
     """A BatchedModel's status at one instant (``t`` in seconds since the load started)."""

@@ -238,18 +238,8 @@ def _converge_locked(
     settings: OperatorSettings,
     c: Clients,
 ) -> Reconciled | None:
-    try:
-        body = _read(
-            c.custom.get_namespaced_custom_object,
-            api.GROUP,
-            api.VERSION,
-            namespace,
-            api.PLURAL,
-            name,
-        )
-    except _NETWORK_ERRORS as exc:
-        raise _classify(exc) from exc
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    body = _read_live_model(c, namespace, name)
+    if body is None:
         return None  # the garbage collector removes the children through owner references
     bm = BatchedModel.from_body(body)
     try:
@@ -330,6 +320,24 @@ def _apply(
         _note_transitions(body, body.get("status") or {}, patch, logger)
     result.status_patch = patch
     return result
+
+
+def _read_live_model(c: Clients, namespace: str, name: str) -> dict[str, Any] | None:
+    """The BatchedModel's body; None once it is gone or being deleted."""
+    try:
+        body = _read(
+            c.custom.get_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            name,
+        )
+    except _NETWORK_ERRORS as exc:
+        raise _classify(exc) from exc
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    return body
 
 
 def _written_config(live_cm: dict[str, Any] | None) -> BatchingConfig | None:
@@ -611,20 +619,8 @@ class KubeForLoop:
         return self._clients or clients()
 
     def read(self, namespace: str, name: str) -> BatchedModel | None:
-        try:
-            body = _read(
-                self.c.custom.get_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.PLURAL,
-                name,
-            )
-        except _NETWORK_ERRORS as exc:
-            raise _classify(exc) from exc
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return None
-        return BatchedModel.from_body(body)
+        body = _read_live_model(self.c, namespace, name)
+        return BatchedModel.from_body(body) if body is not None else None
 
     def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         try:

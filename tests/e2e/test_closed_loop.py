@@ -21,9 +21,9 @@ from batchpilot_localcluster.loadgen import steps
 from batchpilot_localcluster.scenario import (
     ScenarioResult,
     drive,
-    example_model,
     get_model,
     install_operator,
+    local_model,
     model_events,
 )
 from batchpilot_localcluster.waits import wait_for
@@ -32,26 +32,17 @@ NAME = "minilm"
 TARGET_MS = 150.0
 INTERVAL_S = 3
 SCALE_DOWN_DELAY_S = 20
-# A step this 2-core machine carries with room to spare; one replica per core to start.
+# A step this 2-core machine carries with room to spare (one replica, one thread per replica).
 LOW, HIGH = 5.0, 45.0
 STEP_AT, STEP_END = 10.0, 70.0
 
 
 def model_manifest() -> dict[str, Any]:
-    return example_model(
-        {
-            "metadata": {"name": NAME},
-            "spec": {
-                "env": [{"name": "BATCHPILOT_THREADS", "value": "1"}],
-                "autoscaling": {
-                    "minReplicas": 1,
-                    "maxReplicas": 2,
-                    "latencyTargetMs": TARGET_MS,
-                    "intervalSeconds": INTERVAL_S,
-                    "scaleDownDelaySeconds": SCALE_DOWN_DELAY_S,
-                },
-            },
-        }
+    return local_model(
+        NAME,
+        target_ms=TARGET_MS,
+        interval_s=INTERVAL_S,
+        scale_down_delay_s=SCALE_DOWN_DELAY_S,
     )
 
 
