@@ -115,7 +115,10 @@ class ModelSource(_Base):
     )
     dtype: Dtype = Field(
         default="auto",
-        description="Weights precision: auto (the model's own), float32, float16 or bfloat16.",
+        description=(
+            "Weights precision: auto (float16 on a GPU, float32 on a CPU), float32, float16 "
+            "or bfloat16."
+        ),
     )
     trust_remote_code: bool = Field(
         default=False,
