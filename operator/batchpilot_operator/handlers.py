@@ -39,7 +39,7 @@ from kubernetes.client.exceptions import ApiException
 
 from batchpilot_operator import api, conditions, desired
 from batchpilot_operator.api import BatchedModel, TunedState
-from batchpilot_operator.loop import TuningLoop
+from batchpilot_operator.loop import Adjust, TuningLoop
 from batchpilot_operator.settings import OperatorSettings
 from batchpilot_runtime.config import BatchingConfig
 
@@ -49,8 +49,6 @@ SETTINGS = OperatorSettings.from_env()
 BM = (api.GROUP, api.VERSION, api.PLURAL)
 Log = logging.Logger | logging.LoggerAdapter[Any]
 OWNED = {"app.kubernetes.io/managed-by": desired.MANAGED_BY}
-
-Adjust = Callable[[BatchedModel, TunedState], TunedState]
 
 
 class TransientError(Exception):

@@ -50,6 +50,7 @@ PROPAGATION_TIMEOUT_S = 10.0
 
 Scraper = Callable[[Mapping[str, str]], Awaitable[Scrape]]
 Adjust = Callable[[BatchedModel, TunedState], TunedState]
+"""The reconciler's tuning hook: the state to apply, from the object and the current state."""
 Policy = Callable[[Observation, CurrentState, TuningSpec, float], Decision]
 
 
@@ -218,7 +219,7 @@ class TuningLoop:
         """The policy's state: the knobs as the reconciler last applied them, with the loop's
         own memory of timings and recent recommendations; that memory is dropped when the
         knobs were moved outside the loop (a spec edit, ``kubectl scale``)."""
-        knobs = (tuned.replicas, tuned.max_batch_size, tuned.max_wait_ms)
+        knobs = _knobs(tuned)
         if self.state is not None and knobs != (
             self.state.replicas,
             self.state.max_batch_size,
