@@ -7,7 +7,9 @@ Layout of a volume directory:
     <dir>/<name> -> ..data/<name>                     what readers open
 
 A reader opening `<dir>/<name>` sees the old version or the new one, never a mix or a partial
-file: the new version is complete on disk before `..data` is renamed onto it.
+file: the new version is complete on disk before `..data` is renamed onto it, and the old one
+stays on disk until the write after (kubelet removes it at once, so a reader that resolved
+`..data` just before the swap can find its file gone).
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def write(directory: Path, payload: Payload) -> bool:
             continue
         if entry.is_symlink() and entry.name not in tops:
             entry.unlink()
-    if old is not None and old.exists() and old != version:
-        shutil.rmtree(old, ignore_errors=True)
+    # The version just replaced stays until the next write: a reader that resolved `..data`
+    # to it an instant before the swap still finds its file. Older ones go now.
+    keep = {version.name, old.name if old is not None else ""}
+    for entry in directory.iterdir():
+        if entry.name.startswith("..") and entry.name not in keep and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
     return True

@@ -36,12 +36,20 @@ def test_atomic_write_is_a_no_op_when_nothing_changed(tmp_path: Path) -> None:
 
 def test_atomic_write_replaces_removes_and_cleans_old_versions(tmp_path: Path) -> None:
     target = tmp_path / "vol"
+
+    def versions() -> set[str]:
+        return {p.name for p in target.iterdir() if p.name.startswith("..") and not p.is_symlink()}
+
     atomicdir.write(target, {"a": (b"1", 0o644), "b": (b"x", 0o644)})
+    first = os.readlink(target / "..data")
     atomicdir.write(target, {"a": (b"2", 0o644)})
+    second = os.readlink(target / "..data")
     assert (target / "a").read_text() == "2"
     assert not (target / "b").exists()
-    versions = [p for p in target.iterdir() if p.name.startswith("..") and p.is_dir()]
-    assert len([v for v in versions if not v.is_symlink()]) == 1
+    # the replaced version stays for readers already on their way into it, until the next
+    assert versions() == {first, second}
+    atomicdir.write(target, {"a": (b"3", 0o644)})
+    assert versions() == {second, os.readlink(target / "..data")}
 
 
 def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
