@@ -361,13 +361,18 @@ def _utilization_target(
     spec: TuningSpec,
     p95_ms: float | None,
     enough: bool,
+    overloaded: bool,
 ) -> float:
-    """The headroom, corrected from the measured p95: a miss lowers the utilisation target
-    multiplicatively, a p95 well inside the target raises it additively."""
+    """The headroom, corrected from the measured p95: a miss without overload lowers the
+    utilisation target multiplicatively, a p95 well inside the target raises it additively.
+    A miss under overload leaves it: the replicas were short of the demand, which the
+    demand already counts, and less headroom then would keep the extra replicas long after
+    the backlog is paid."""
     busy = current.utilization_target or spec.target_utilization
     if enough and p95_ms is not None and obs.complete:
         if p95_ms > spec.latency_target_ms:
-            busy *= spec.decrease_factor
+            if not overloaded:
+                busy *= spec.decrease_factor
         elif p95_ms < spec.well_inside * spec.latency_target_ms:
             busy += spec.utilization_step
     return _clamp(busy, spec.min_utilization, spec.max_utilization)
@@ -414,12 +419,14 @@ def decide(
     notes.append(config_note)
 
     # --- replicas: capacity of one replica at the chosen batch size
-    busy = _utilization_target(obs, current, spec, p95_ms, enough)
+    busy = _utilization_target(obs, current, spec, p95_ms, enough, overloaded)
     rec, load_note = _recommend_replicas(obs, spec, size, rate, demand, busy)
     if rec is None:
         rec = current.replicas
+    # Never stack a replica on a scale-up not yet in force: pods still starting, or added so
+    # recently that the window's p95 still holds the backlog from before they were ready.
     starting = obs.pods_expected < current.replicas
-    if missed and overloaded and not starting:
+    if missed and overloaded and not starting and not just_scaled:
         rec = max(rec, current.replicas + 1)
         load_note += "; p95 missed under overload: at least one more replica"
     rec = int(_clamp(rec, spec.min_replicas, spec.max_replicas))

@@ -349,3 +349,16 @@ def test_a_miss_right_after_a_scale_up_is_backlog_not_batch_size() -> None:
     d = decide(obs(p95_ms=400, util=0.4), cur, SPEC, now=0.0)
     assert d.max_batch_size == 16
     assert "overload" in d.reason
+
+
+def test_a_miss_under_overload_keeps_the_headroom_and_waits_for_a_recent_scale_up() -> None:
+    # 800/s over 4 pods; the fit gives 400/s per pod at batch 8, so 3 carry it at 70% busy
+    loaded = obs(rate=800, pods=4, p95_ms=400, util=0.97)
+    settled = decide(loaded, state(replicas=4, utilization_target=0.7), SPEC, now=0.0)
+    assert settled.replicas == 5  # saturated and missing with every pod in force: one more
+    assert settled.utilization_target == pytest.approx(0.7)  # short of pods, not of headroom
+    fresh = decide(
+        loaded, state(replicas=4, utilization_target=0.7, last_scale_up=-10.0), SPEC, now=0.0
+    )
+    assert fresh.replicas == 4  # the window still holds the backlog from before they were up
+    assert fresh.utilization_target == pytest.approx(0.7)
