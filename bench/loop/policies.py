@@ -1,16 +1,19 @@
-"""The three policies the loop benchmark compares, each driving a simulated :class:`Cluster`.
+"""The policies the loop benchmark compares, each driving a simulated :class:`Cluster`.
 
 * :class:`BatchpilotPolicy`: the operator's own observation and policy,
   ``metrics.observe`` on the replicas' real ``/metrics`` text and ``tuning.decide``.
 * :class:`StaticPolicy`: fixed replicas and a fixed batching config.
 * :class:`HpaPolicy`: the Kubernetes HorizontalPodAutoscaler algorithm on queue depth per
   replica, with a fixed batching config.
+* :class:`InstantPolicy`: a reference that knows the true rate and reacts at once; what it
+  misses is the price of the pod start-up delay alone.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.loop.simulator import Cluster
@@ -165,3 +168,33 @@ class BatchpilotPolicy:
         self._state = d.next_state(state, now)
         if d.action != "hold":
             self.decisions.append((now, d.action, d.reason))
+
+
+@dataclass
+class InstantPolicy:
+    """A reference no real autoscaler can beat on reaction time: it reads the trace's true
+    rate every second and at once sizes the replicas for it (busy ``utilization`` of the
+    time at a fixed batch config), scaling down as fast as up. What it still misses is the
+    cost of the pod start-up delay alone, with no standing headroom."""
+
+    rate: Callable[[float], float]
+    capacity: float
+    """Items per second of one busy replica at ``config``."""
+    config: BatchingConfig
+    min_replicas: int
+    max_replicas: int
+    start_replicas: int = 1
+    utilization: float = 0.8
+    name: str = "instant"
+    interval_s: float = 1.0
+    decisions: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def initial(self) -> tuple[int, BatchingConfig]:
+        return self.start_replicas, self.config
+
+    def tick(self, cluster: Cluster, now: float) -> None:
+        need = math.ceil(self.rate(now) / (self.utilization * self.capacity))
+        desired = max(self.min_replicas, min(self.max_replicas, need))
+        if desired != len(cluster.live()):
+            cluster.scale_to(desired)
+            self.decisions.append((now, "scale", f"rate {self.rate(now):.0f}/s: {desired}"))

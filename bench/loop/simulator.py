@@ -101,6 +101,10 @@ class ServiceProfile:
     jitter: tuple[float, ...] = ()
     """Measured ratios of a batch's time to the median for its size; each simulated batch
     draws one (empty: every batch takes exactly the profile's time)."""
+    http_per_item_s: float = 0.0
+    """What each request's HTTP work (parsing, JSON encoding, on the server's event loop)
+    adds to the batch it rides in: the serving process shares the GIL and the cores with
+    the model. Measured by ``bench.loop.validate`` against the real server's busy time."""
 
     @classmethod
     def load(cls, path: Path, *, smooth: bool = True) -> ServiceProfile:
@@ -116,7 +120,8 @@ class ServiceProfile:
             tok = _line(sizes, tok)
             fwd = _line(sizes, fwd)
         jitter = tuple(float(x) for x in data.get("jitter", ()))
-        return cls(tuple(tok), tuple(fwd), source=str(path), jitter=jitter)
+        http = float(data.get("http_per_item_seconds", 0.0))
+        return cls(tuple(tok), tuple(fwd), source=str(path), jitter=jitter, http_per_item_s=http)
 
     @classmethod
     def linear(
@@ -141,7 +146,7 @@ class ServiceProfile:
         return self._at(self.tokenize, b)
 
     def forward_s(self, b: int) -> float:
-        return self._at(self.forward, b)
+        return self._at(self.forward, b) + self.http_per_item_s * b
 
     def total_s(self, b: int) -> float:
         return self.tokenize_s(b) + self.forward_s(b)
@@ -423,6 +428,8 @@ class RunResult:
     timeline: list[Sample]
     decisions: list[tuple[float, str, str]]
     mean_batch: float = 0.0
+    mean_batch_s: float = 0.0
+    """The model's busy time per batch, as the runtime accounts it (overlap counted once)."""
 
     @property
     def requests(self) -> int:
@@ -515,5 +522,7 @@ async def simulate(
         timeline=timeline,
         decisions=list(decisions),
         mean_batch=sum(r.batcher.stats.batch_items for r in cluster.replicas)
+        / max(1, sum(r.batcher.stats.batches for r in cluster.replicas)),
+        mean_batch_s=sum(r.batcher.stats.batch_seconds for r in cluster.replicas)
         / max(1, sum(r.batcher.stats.batches for r in cluster.replicas)),
     )

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
 
-from bench.loop.policies import BatchpilotPolicy, HpaPolicy, StaticPolicy
+from bench.loop.policies import BatchpilotPolicy, HpaPolicy, InstantPolicy, StaticPolicy
 from bench.loop.simulator import (
     Cluster,
     ClusterSettings,
@@ -80,6 +80,28 @@ def test_profile_loads_the_benchmark_json(tmp_path: Path) -> None:
     smooth = ServiceProfile.load(path)
     assert smooth.forward_s(5) < raw.forward_s(5)  # the outlier is smoothed away
     assert smooth.forward_s(8) > smooth.forward_s(1)
+    doc["http_per_item_seconds"] = 0.0015
+    path.write_text(__import__("json").dumps(doc))
+    with_http = ServiceProfile.load(path, smooth=False)
+    assert with_http.forward_s(4) == pytest.approx(raw.forward_s(4) + 4 * 0.0015)
+    assert with_http.capacity(8) < raw.capacity(8)
+
+
+def test_calibration_recovers_speed_and_http_cost_from_busy_time_alone() -> None:
+    from bench.loop.validate import Calibration, calibrate, simulate_one, summarise
+
+    config = BatchingConfig(max_batch_size=32, max_wait_ms=2.0)
+    truth = Calibration(speed=1.2, http_per_item_s=0.002)
+    real = []
+    for k, rate in enumerate((40.0, 120.0, 200.0)):
+        arr, lat, batch, busy = simulate_one(truth.apply(PROFILE), config, rate, 8.0, 100 + k)
+        real.append(summarise(rate, arr, lat, 2.0, 8.0, batch, busy))
+    assert real[2].batch_ms > real[0].batch_ms
+    got = calibrate(
+        PROFILE, config, real, 8.0, 2.0, http=True, speeds=(1.0, 1.2, 1.4), http_ms=(0, 2, 4)
+    )
+    assert got.speed == pytest.approx(1.2)
+    assert got.http_per_item_s == pytest.approx(0.002)
 
 
 def test_trace_arrivals_are_seeded_poisson() -> None:
@@ -257,6 +279,23 @@ def test_batchpilot_policy_follows_a_step_through_real_metrics() -> None:
     late = res.latency[(res.arrival > 50) & (res.arrival < 70)]
     assert np.mean(late <= 0.1) > 0.9  # back within target once scaled
     assert res.within > 0.8
+
+
+def test_instant_reference_resizes_at_once_and_pays_only_the_startup() -> None:
+    rate = lambda t: 400.0 if 20 <= t < 40 else 40.0  # noqa: E731
+    capacity = PROFILE.capacity(32)
+    policy = InstantPolicy(rate, capacity, BatchingConfig(max_batch_size=32), 1, 8, utilization=0.5)
+    trace = Trace("step", 60.0, rate, 400.0)
+    settings = ClusterSettings(startup_s=3.0, config_delay_s=(0.5, 1.0))
+    res = run_virtual(simulate(trace, policy, PROFILE, target_s=0.1, settings=settings))
+    want = math.ceil(400.0 / (0.5 * capacity))
+    assert want > 1
+    # sized for the step in the first second of it, back to one replica right after it
+    live = {round(s.time): s.replicas_live for s in res.timeline}
+    assert (live[19], live[21], live[41]) == (1, want, 1)
+    # with the pods ready 3 s later, requests after that are within target again
+    late = res.latency[(res.arrival > 25) & (res.arrival < 40)]
+    assert np.mean(late <= 0.1) > 0.99
 
 
 def test_measured_spread_scales_each_batch() -> None:
