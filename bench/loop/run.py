@@ -509,7 +509,7 @@ Goal per trace (batchpilot against the strongest HPA setting):
   on the batch, calibrated in the validation against the server's busy time (the comparison
   below runs the profile alone); its latency on the request path and the interference with
   a load generator and other work on the same cores are not modelled. The validation's
-  remaining gap, 12-21% low at some rates, is of the order of the real runtime's own spread
+  remaining gap, up to 21% at some rates, is of the order of the real runtime's own spread
   between rounds on this machine.
 - No reactive policy absorbs an instantaneous multiple of the load within a pod's start-up
   delay without standing headroom: the step, the bursts and the spike cost every autoscaler
