@@ -332,7 +332,11 @@ def _recommend_replicas(
     obs: Observation, spec: TuningSpec, size: int, rate: float, demand: float, busy: float
 ) -> tuple[int | None, str]:
     """Replicas that carry ``demand`` at the target utilisation, or None when the capacity of
-    a replica is unknown (no service-time fit and no busy share)."""
+    a replica is unknown (no service-time fit and no busy share) while there is demand."""
+    if demand <= 0:
+        # Nothing arrived and nothing waits: one replica would do, whatever a replica carries
+        # (an idle model runs no batches, so neither the fit nor the busy share may exist).
+        return 1, "no demand (no arrivals, no queue): 1 would do"
     fit = obs.service_fit
     util = obs.utilization
     if fit is not None:

@@ -362,3 +362,21 @@ def test_a_miss_under_overload_keeps_the_headroom_and_waits_for_a_recent_scale_u
     )
     assert fresh.replicas == 4  # the window still holds the backlog from before they were up
     assert fresh.utilization_target == pytest.approx(0.7)
+
+
+def test_no_demand_scales_down_even_when_a_replica_capacity_is_unknown() -> None:
+    # batches of one item give no service-time fit; an idle model gives no busy share
+    idle = replace(obs(rate=0.0, pods=2, p95_ms=None, samples=0, fit=None), utilization=None)
+    cur = state(replicas=2)
+    decisions = []
+    for k in range(12):
+        d = decide(idle, cur, SPEC, now=k * SPEC.interval_s)
+        cur = d.next_state(cur, k * SPEC.interval_s)
+        decisions.append(d)
+    assert "no demand" in decisions[0].reason
+    first_down = next(i for i, d in enumerate(decisions) if d.replicas < 2)
+    assert first_down * SPEC.interval_s >= SPEC.scale_down_delay_s  # the delay still holds
+    assert cur.replicas == 1
+    # with demand and no way to size a replica, the loop still holds
+    busy = replace(obs(rate=50.0, pods=2, fit=None), utilization=None)
+    assert decide(busy, state(replicas=2), SPEC, now=0.0).replicas == 2
