@@ -12,7 +12,9 @@ actuation. It
 3. corrects from the measured p95: on a miss that is not overload, multiplicative decrease
    of the batch size; when well inside the target and batches fill, additive increase; and
    the replicas' target utilisation (the headroom) moves the same way, down
-   multiplicatively on a miss, up additively when well inside;
+   multiplicatively on a miss that is not overload, up additively when well inside. A miss
+   while a backlog drains (replicas just added, or overload seen within a window plus the
+   p95, so the requests answered now waited through it) counts as overload;
 4. sizes replicas to carry the arrival rate plus the queue as debt to pay back (within
    ``debt_payback_s``), at that utilisation. A missing pod is assumed to carry the mean
    load of the pods that answered, and partial data may only scale up;
@@ -145,6 +147,9 @@ class CurrentState:
     """Recent ``(time, replicas)`` recommendations: the scale-down stabilisation window."""
     utilization_target: float | None = None
     """The headroom learnt from the p95 so far (None: the spec's ``target_utilization``)."""
+    last_overload: float | None = None
+    """When a window last showed overload (saturated pods or a deep queue): requests answered
+    for a while after it waited through it."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ class Decision:
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
     utilization_target: float | None = None
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
+    last_overload: float | None = None
+    """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
 
     def next_state(self, current: CurrentState, now: float) -> CurrentState:
         """The state to keep once this decision is applied: a config change bumps the
@@ -180,6 +187,7 @@ class Decision:
             last_config_change=now if self.config_changed else current.last_config_change,
             recommendations=self.recommendations,
             utilization_target=self.utilization_target,
+            last_overload=self.last_overload,
         )
 
 
@@ -234,6 +242,9 @@ def _decision(
         replicas_changed=replicas_changed,
         config_changed=config_changed,
         recommendations=recommendations,
+        # the memory a hold does not touch carries over
+        utilization_target=current.utilization_target,
+        last_overload=current.last_overload,
     )
 
 
@@ -405,17 +416,22 @@ def decide(
     p95_ms = obs.latency_p95_s * 1000 if obs.latency_p95_s is not None else None
     enough = obs.latency_samples >= spec.min_latency_samples and p95_ms is not None
     util = obs.utilization
-    # A miss is overload when the replicas are saturated, the queue holds more than a batch
-    # per pod, or replicas were just added (the backlog is draining): more replicas, not
-    # smaller batches, fix it.
+    # A miss is overload when the replicas are saturated or the queue holds more than a
+    # batch per pod; or when it is the tail of such a backlog: replicas were just added, or
+    # overload was seen within a window plus the p95 (the requests answered now waited
+    # through it). More replicas, not smaller batches, fix those.
+    saturated = (
+        util is not None and util >= spec.overload_utilization
+    ) or obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
+    last_overload = now if saturated else current.last_overload
     just_scaled = (
         current.last_scale_up is not None and now - current.last_scale_up < 3 * spec.interval_s
     )
-    overloaded = (
-        (util is not None and util >= spec.overload_utilization)
-        or obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
-        or just_scaled
+    tail = (
+        current.last_overload is not None
+        and now - current.last_overload <= spec.interval_s + (p95_ms or 0.0) / 1000
     )
+    overloaded = saturated or just_scaled or tail
     missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
 
     # --- batching config
@@ -430,7 +446,7 @@ def decide(
     # Never stack a replica on a scale-up not yet in force: pods still starting, or added so
     # recently that the window's p95 still holds the backlog from before they were ready.
     starting = obs.pods_expected < current.replicas
-    if missed and overloaded and not starting and not just_scaled:
+    if missed and saturated and not starting and not just_scaled:
         rec = max(rec, current.replicas + 1)
         load_note += "; p95 missed under overload: at least one more replica"
     rec = int(_clamp(rec, spec.min_replicas, spec.max_replicas))
@@ -475,4 +491,8 @@ def decide(
                 )
     replicas = int(_clamp(replicas, spec.min_replicas, spec.max_replicas))
     reason = "; ".join(n for n in notes if n)
-    return replace(_decision(current, replicas, size, wait, reason, recs), utilization_target=busy)
+    return replace(
+        _decision(current, replicas, size, wait, reason, recs),
+        utilization_target=busy,
+        last_overload=last_overload,
+    )

@@ -380,3 +380,27 @@ def test_no_demand_scales_down_even_when_a_replica_capacity_is_unknown() -> None
     # with demand and no way to size a replica, the loop still holds
     busy = replace(obs(rate=50.0, pods=2, fit=None), utilization=None)
     assert decide(busy, state(replicas=2), SPEC, now=0.0).replicas == 2
+
+
+def test_a_miss_in_the_tail_of_a_backlog_is_overload_and_is_remembered() -> None:
+    cur = state(max_batch_size=16, utilization_target=0.7)
+    # a deep queue: overload, seen at t=0
+    deep = decide(obs(p95_ms=400, util=0.6, queue=200), cur, SPEC, now=0.0)
+    assert (deep.max_batch_size, deep.utilization_target) == (16, pytest.approx(0.7))
+    cur = deep.next_state(cur, 0.0)
+    assert cur.last_overload == 0.0
+    # the queue is paid, but the window's requests waited through it (p95 2 s): overload still,
+    # neither a smaller batch, nor less headroom, nor one more replica on top
+    drained = obs(p95_ms=2000, util=0.5, queue=0, pods=cur.replicas)
+    tail = decide(drained, cur, SPEC, now=SPEC.interval_s)
+    assert (tail.max_batch_size, tail.utilization_target) == (16, pytest.approx(0.7))
+    assert tail.replicas <= cur.replicas
+    assert "overload" in tail.reason
+    # a window plus a p95 after the overload, a miss without it shrinks the batch again
+    cur = tail.next_state(cur, SPEC.interval_s)
+    late = decide(obs(p95_ms=400, util=0.5), cur, SPEC, now=50.0)  # scale-up 50 s ago too
+    assert late.max_batch_size < 16
+    assert "without overload" in late.reason
+    # a hold (no metrics) keeps the loop's memory
+    held = decide(None, cur, SPEC, now=20.0).next_state(cur, 20.0)
+    assert (held.last_overload, held.utilization_target) == (0.0, cur.utilization_target)
