@@ -271,6 +271,7 @@ def _choose_config(
     p95_ms: float | None,
     enough: bool,
     overloaded: bool,
+    now: float,
 ) -> tuple[int, float, str]:
     """The batch size and wait to run next, with the reason."""
     target_ms = spec.latency_target_ms
@@ -289,6 +290,15 @@ def _choose_config(
         )
     if not obs.complete:
         return size, wait, "config held on partial data"
+    if not _judged(current, spec, now):
+        return (
+            size,
+            wait,
+            (
+                f"config generation {current.generation} not yet in force for a whole window:"
+                " its p95 is not judged yet, config held"
+            ),
+        )
     if not enough or p95_ms is None:
         return (
             size,
@@ -370,6 +380,14 @@ def _recommend_replicas(
     )
 
 
+def _judged(current: CurrentState, spec: TuningSpec, now: float) -> bool:
+    """Whether this window ran the current config from its start: a window that began
+    before the last config change mixes the old config's latencies (and the switch) into
+    the p95, which must not be read as the new config's."""
+    changed = current.last_config_change
+    return changed is None or now - changed >= 2 * spec.interval_s - 1e-9
+
+
 def _utilization_target(
     obs: Observation,
     current: CurrentState,
@@ -377,6 +395,7 @@ def _utilization_target(
     p95_ms: float | None,
     enough: bool,
     overloaded: bool,
+    now: float,
 ) -> float:
     """The headroom, corrected from the measured p95: a miss without overload lowers the
     utilisation target multiplicatively, a p95 well inside the target raises it additively.
@@ -384,7 +403,7 @@ def _utilization_target(
     demand already counts, and less headroom then would keep the extra replicas long after
     the backlog is paid."""
     busy = current.utilization_target or spec.target_utilization
-    if enough and p95_ms is not None and obs.complete:
+    if enough and p95_ms is not None and obs.complete and _judged(current, spec, now):
         if p95_ms > spec.latency_target_ms:
             if not overloaded:
                 busy *= spec.decrease_factor
@@ -435,11 +454,11 @@ def decide(
     missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
 
     # --- batching config
-    size, wait, config_note = _choose_config(obs, current, spec, p95_ms, enough, overloaded)
+    size, wait, config_note = _choose_config(obs, current, spec, p95_ms, enough, overloaded, now)
     notes.append(config_note)
 
     # --- replicas: capacity of one replica at the chosen batch size
-    busy = _utilization_target(obs, current, spec, p95_ms, enough, overloaded)
+    busy = _utilization_target(obs, current, spec, p95_ms, enough, overloaded, now)
     rec, load_note = _recommend_replicas(obs, spec, size, rate, demand, busy)
     if rec is None:
         rec = current.replicas

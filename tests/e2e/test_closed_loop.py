@@ -73,6 +73,12 @@ def last_decision(cluster: LocalCluster, namespace: str) -> str:
     return f"{decision.get('action')}: {decision.get('reason')}"
 
 
+def has_event(cluster: LocalCluster, namespace: str, reason: str) -> list[dict[str, Any]] | None:
+    """The model's Events once one has ``reason``, else None."""
+    events: list[dict[str, Any]] = model_events(cluster, namespace, NAME)
+    return events if any(e["reason"] == reason for e in events) else None
+
+
 def tuned_replicas(cluster: LocalCluster, namespace: str) -> int | None:
     """The replicas the operator last applied (status.tuned)."""
     bm = get_model(cluster, namespace, NAME) or {}
@@ -167,8 +173,9 @@ def test_load_step_retunes_batching_and_idle_replicas_go_after_the_delay(
     assert status["lastDecision"]["action"] in ("scale-down", "hold", "scale-down+retune")
     assert status["lastDecision"]["reason"]
     assert {"requestsPerSecond", "queueDepth", "p95LatencyMs"} <= set(status)
+    # The Events follow the status write.
+    wait_for(lambda: has_event(cluster, namespace, "ScaledDown"), timeout=15, what="ScaledDown")
     reasons = [e["reason"] for e in model_events(cluster, namespace, NAME)]
-    assert "ScaledDown" in reasons
     assert "ConfigInForce" in reasons
     assert "Retuned" in reasons or any(
         "maxBatchSize" in e["message"] or "maxWaitMs" in e["message"]
@@ -206,8 +213,10 @@ def test_load_beyond_one_replica_adds_one_that_goes_after_the_delay(
     )
     held = time.monotonic() - load_ended
     assert held >= SCALE_DOWN_DELAY_S - INTERVAL_S, f"scaled down {held:.0f} s after the load"
-    events = model_events(cluster, namespace, NAME)
+    # The Events follow the status write.
+    events = wait_for(
+        lambda: has_event(cluster, namespace, "ScaledDown"), timeout=15, what="ScaledDown"
+    )
     scaled_up = [e for e in events if e["reason"] == "ScaledUp"]
     assert scaled_up, [e["reason"] for e in events]
     assert "demand" in scaled_up[0]["message"]
-    assert "ScaledDown" in [e["reason"] for e in events]

@@ -404,3 +404,14 @@ def test_a_miss_in_the_tail_of_a_backlog_is_overload_and_is_remembered() -> None
     # a hold (no metrics) keeps the loop's memory
     held = decide(None, cur, SPEC, now=20.0).next_state(cur, 20.0)
     assert (held.last_overload, held.utilization_target) == (0.0, cur.utilization_target)
+
+
+def test_a_window_that_began_under_the_previous_config_is_not_judged() -> None:
+    cur = state(max_batch_size=20, utilization_target=0.7, last_config_change=-10.0)
+    missed = obs(p95_ms=150, util=0.5, fit=None)
+    early = decide(missed, cur, SPEC, now=0.0)  # the window began before the change
+    assert (early.max_batch_size, early.utilization_target) == (20, pytest.approx(0.7))
+    assert "not judged" in early.reason
+    late = decide(missed, cur, SPEC, now=2 * SPEC.interval_s - 10.0)  # a whole window after
+    assert late.max_batch_size == 14
+    assert late.utilization_target == pytest.approx(0.5)
