@@ -21,7 +21,8 @@ actuation. It
 5. scales up at once; scales down only to the highest recommendation of the last
    ``scale_down_delay_s`` (which must be covered by observations), by a bounded step;
 6. never changes the config while the pods still report an older generation than the one
-   last written, and does not touch the config on too few latency samples;
+   last written, does not touch the config on too few latency samples, and judges a p95
+   only on a window that ran the current config from its start;
 7. keeps every value inside the spec's bounds.
 
 Every :class:`Decision` carries a reason. The caller keeps :class:`CurrentState` between
