@@ -14,7 +14,9 @@ actuation. It
    the replicas' target utilisation (the headroom) moves the same way, down
    multiplicatively on a miss that is not overload, up additively when well inside. A miss
    while a backlog drains (replicas just added, or overload seen within a window plus the
-   p95, so the requests answered now waited through it) counts as overload;
+   p95, so the requests answered now waited through it) counts as overload. A miss that is
+   not overload is acted on only when the window before missed too: one window's stall
+   (a paused process, a noisy neighbour) is not a config problem;
 4. sizes replicas to carry the arrival rate plus the queue as debt to pay back (within
    ``debt_payback_s``), at that utilisation. A missing pod is assumed to carry the mean
    load of the pods that answered, and partial data may only scale up;
@@ -151,6 +153,9 @@ class CurrentState:
     last_overload: float | None = None
     """When a window last showed overload (saturated pods or a deep queue): requests answered
     for a while after it waited through it."""
+    last_miss: float | None = None
+    """When a judged window last missed the target without overload: a second miss in a row
+    confirms it."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,8 @@ class Decision:
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
     last_overload: float | None = None
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
+    last_miss: float | None = None
+    """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
 
     def next_state(self, current: CurrentState, now: float) -> CurrentState:
         """The state to keep once this decision is applied: a config change bumps the
@@ -189,6 +196,7 @@ class Decision:
             recommendations=self.recommendations,
             utilization_target=self.utilization_target,
             last_overload=self.last_overload,
+            last_miss=self.last_miss,
         )
 
 
@@ -246,6 +254,7 @@ def _decision(
         # the memory a hold does not touch carries over
         utilization_target=current.utilization_target,
         last_overload=current.last_overload,
+        last_miss=current.last_miss,
     )
 
 
@@ -272,6 +281,7 @@ def _choose_config(
     p95_ms: float | None,
     enough: bool,
     overloaded: bool,
+    confirmed: bool,
     now: float,
 ) -> tuple[int, float, str]:
     """The batch size and wait to run next, with the reason."""
@@ -310,12 +320,17 @@ def _choose_config(
             ),
         )
     missed = p95_ms > target_ms
-    if missed and not overloaded:
+    if missed and not overloaded and not confirmed:
+        note = (
+            f"p95 {p95_ms:.0f} ms > target {target_ms:g} ms without overload, in one window: "
+            "config held unless the next window misses too"
+        )
+    elif missed and not overloaded:
         size = math.floor(size * spec.decrease_factor)
         wait = wait / 2
         note = (
-            f"p95 {p95_ms:.0f} ms > target {target_ms:g} ms without overload: "
-            f"batch x{spec.decrease_factor:g}, wait halved"
+            f"p95 {p95_ms:.0f} ms > target {target_ms:g} ms without overload, two windows "
+            f"in a row: batch x{spec.decrease_factor:g}, wait halved"
         )
     elif missed:
         note = (
@@ -396,17 +411,18 @@ def _utilization_target(
     p95_ms: float | None,
     enough: bool,
     overloaded: bool,
+    confirmed: bool,
     now: float,
 ) -> float:
-    """The headroom, corrected from the measured p95: a miss without overload lowers the
-    utilisation target multiplicatively, a p95 well inside the target raises it additively.
-    A miss under overload leaves it: the replicas were short of the demand, which the
-    demand already counts, and less headroom then would keep the extra replicas long after
-    the backlog is paid."""
+    """The headroom, corrected from the measured p95: a confirmed miss without overload
+    (see :func:`decide`) lowers the utilisation target multiplicatively, a p95 well inside
+    the target raises it additively. A miss under overload leaves it: the replicas were
+    short of the demand, which the demand already counts, and less headroom then would keep
+    the extra replicas long after the backlog is paid."""
     busy = current.utilization_target or spec.target_utilization
     if enough and p95_ms is not None and obs.complete and _judged(current, spec, now):
         if p95_ms > spec.latency_target_ms:
-            if not overloaded:
+            if not overloaded and confirmed:
                 busy *= spec.decrease_factor
         elif p95_ms < spec.well_inside * spec.latency_target_ms:
             busy += spec.utilization_step
@@ -453,13 +469,25 @@ def decide(
     )
     overloaded = saturated or just_scaled or tail
     missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
+    # A miss without overload is acted on only when the judged window before missed too:
+    # the p95 of one window is the mark a single stall (a paused process, a noisy neighbour)
+    # leaves, and answering it with smaller batches and more replicas costs for minutes.
+    miss_alone = missed and not overloaded and obs.complete and _judged(current, spec, now)
+    last_miss = now if miss_alone else current.last_miss
+    confirmed = (
+        miss_alone
+        and current.last_miss is not None
+        and now - current.last_miss <= 1.5 * spec.interval_s
+    )
 
     # --- batching config
-    size, wait, config_note = _choose_config(obs, current, spec, p95_ms, enough, overloaded, now)
+    size, wait, config_note = _choose_config(
+        obs, current, spec, p95_ms, enough, overloaded, confirmed, now
+    )
     notes.append(config_note)
 
     # --- replicas: capacity of one replica at the chosen batch size
-    busy = _utilization_target(obs, current, spec, p95_ms, enough, overloaded, now)
+    busy = _utilization_target(obs, current, spec, p95_ms, enough, overloaded, confirmed, now)
     rec, load_note = _recommend_replicas(obs, spec, size, rate, demand, busy)
     if rec is None:
         rec = current.replicas
@@ -515,4 +543,5 @@ def decide(
         _decision(current, replicas, size, wait, reason, recs),
         utilization_target=busy,
         last_overload=last_overload,
+        last_miss=last_miss,
     )

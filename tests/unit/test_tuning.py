@@ -143,11 +143,33 @@ def test_scale_up_is_capped_by_max_replicas() -> None:
 
 
 def test_multiplicative_decrease_on_a_miss_without_overload() -> None:
-    # no service model: only the measured p95 speaks
-    d = decide(obs(p95_ms=150, util=0.5, fit=None), state(max_batch_size=20), SPEC, now=0.0)
+    # no service model: only the measured p95 speaks; the window before missed too
+    cur = state(max_batch_size=20, last_miss=-SPEC.interval_s)
+    d = decide(obs(p95_ms=150, util=0.5, fit=None), cur, SPEC, now=0.0)
     assert d.max_batch_size == 14  # floor(20 * 0.7)
     assert d.max_wait_ms == pytest.approx(2.5)
-    assert "without overload" in d.reason
+    assert "without overload, two windows in a row" in d.reason
+
+
+def test_one_window_missing_without_overload_is_a_stall_not_a_config_problem() -> None:
+    cur = state(max_batch_size=20, utilization_target=0.7)
+    missed = obs(p95_ms=380, util=0.5, fit=None)
+    first = decide(missed, cur, SPEC, now=0.0)
+    assert (first.max_batch_size, first.max_wait_ms) == (20, 5.0)
+    assert first.utilization_target == pytest.approx(0.7)
+    assert first.replicas == 2
+    assert "config held unless the next window misses too" in first.reason
+    # the next window within target: the stall is forgotten; a later miss starts over
+    cur = first.next_state(cur, 0.0)
+    inside = decide(obs(p95_ms=80, fit=None), cur, SPEC, now=SPEC.interval_s)
+    cur = inside.next_state(cur, SPEC.interval_s)
+    again = decide(missed, cur, SPEC, now=2 * SPEC.interval_s)
+    assert (again.max_batch_size, again.utilization_target) == (20, pytest.approx(0.7))
+    # two windows in a row: the batch shrinks and the headroom grows
+    cur = again.next_state(cur, 2 * SPEC.interval_s)
+    second = decide(missed, cur, SPEC, now=3 * SPEC.interval_s)
+    assert second.max_batch_size == 14
+    assert second.utilization_target == pytest.approx(0.5)
 
 
 def test_a_miss_under_overload_adds_replicas_not_smaller_batches() -> None:
@@ -326,7 +348,7 @@ def test_spec_refuses_inverted_bounds() -> None:
 
 
 def test_headroom_follows_the_measured_p95() -> None:
-    cur = state(utilization_target=0.7)
+    cur = state(utilization_target=0.7, last_miss=-SPEC.interval_s)
     inside = decide(obs(p95_ms=20), cur, SPEC, now=0.0)
     assert inside.utilization_target == pytest.approx(0.75)
     missed = decide(obs(p95_ms=150, util=0.5), cur, SPEC, now=0.0)
@@ -335,7 +357,7 @@ def test_headroom_follows_the_measured_p95() -> None:
     assert few.utilization_target == pytest.approx(0.7)
     top = decide(obs(p95_ms=20), state(utilization_target=0.9), SPEC, now=0.0)
     assert top.utilization_target == pytest.approx(SPEC.max_utilization)
-    low = decide(obs(p95_ms=900, util=0.5), state(utilization_target=0.5), SPEC, now=0.0)
+    low = decide(obs(p95_ms=900, util=0.5), replace(cur, utilization_target=0.5), SPEC, now=0.0)
     assert low.utilization_target == pytest.approx(SPEC.min_utilization)
     assert inside.next_state(cur, 0.0).utilization_target == pytest.approx(0.75)
     # more headroom, more replicas for the same load
@@ -396,8 +418,9 @@ def test_a_miss_in_the_tail_of_a_backlog_is_overload_and_is_remembered() -> None
     assert (tail.max_batch_size, tail.utilization_target) == (16, pytest.approx(0.7))
     assert tail.replicas <= cur.replicas
     assert "overload" in tail.reason
-    # a window plus a p95 after the overload, a miss without it shrinks the batch again
-    cur = tail.next_state(cur, SPEC.interval_s)
+    # a window plus a p95 after the overload, a miss without it (two windows in a row)
+    # shrinks the batch again
+    cur = replace(tail.next_state(cur, SPEC.interval_s), last_miss=35.0)
     late = decide(obs(p95_ms=400, util=0.5), cur, SPEC, now=50.0)  # scale-up 50 s ago too
     assert late.max_batch_size < 16
     assert "without overload" in late.reason
@@ -413,5 +436,7 @@ def test_a_window_that_began_under_the_previous_config_is_not_judged() -> None:
     assert (early.max_batch_size, early.utilization_target) == (20, pytest.approx(0.7))
     assert "not judged" in early.reason
     late = decide(missed, cur, SPEC, now=2 * SPEC.interval_s - 10.0)  # a whole window after
+    assert late.max_batch_size == 20  # the first judged miss waits for a second
+    late = decide(missed, late.next_state(cur, 20.0), SPEC, now=20.0 + SPEC.interval_s)
     assert late.max_batch_size == 14
     assert late.utilization_target == pytest.approx(0.5)
