@@ -33,6 +33,7 @@ from batchpilot_localcluster.scenario import (
     install_operator,
     local_model,
     model_events,
+    wait_model_ready,
 )
 from batchpilot_localcluster.waits import wait_for
 
@@ -80,12 +81,7 @@ def set_up(cluster: LocalCluster) -> None:
         )
     say(f"kubectl apply -f examples/embedding-minilm.yaml (target p95 {TARGET_MS:g} ms) ...")
     cluster.apply(model_manifest(), "-n", NAMESPACE)
-
-    def ready() -> bool:
-        bm = get_model(cluster, NAMESPACE, NAME) or {}
-        return bool(bm.get("status", {}).get("ready") == "1/1")
-
-    wait_for(ready, timeout=300, what=f"{NAME} to be ready", describe=lambda: get_bm(cluster))
+    wait_model_ready(cluster, NAMESPACE, NAME)
     say("model ready\n")
 
 

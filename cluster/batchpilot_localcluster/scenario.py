@@ -22,6 +22,7 @@ import yaml
 
 from batchpilot_localcluster.cluster import LocalCluster
 from batchpilot_localcluster.loadgen import LoadReport, Outcome, RateSchedule, run_load
+from batchpilot_localcluster.waits import wait_for
 
 JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
@@ -158,11 +159,33 @@ def get_model(cluster: LocalCluster, namespace: str, name: str) -> JSON | None:
     )
 
 
+def wait_model_ready(
+    cluster: LocalCluster, namespace: str, name: str, *, timeout: float = 300.0
+) -> None:
+    """Wait until the BatchedModel's status shows its first replica ready (``1/1``); a
+    timeout names the status last seen."""
+
+    def status() -> JSON:
+        return (get_model(cluster, namespace, name) or {}).get("status") or {}
+
+    wait_for(
+        lambda: status().get("ready") == "1/1",
+        timeout=timeout,
+        what=f"{namespace}/{name}'s first replica to be ready",
+        describe=lambda: f"status {status()}",
+    )
+
+
 def model_events(cluster: LocalCluster, namespace: str, name: str) -> list[JSON]:
-    """Events about the BatchedModel, oldest first."""
+    """Events about the BatchedModel that exists now, oldest first: those of an earlier
+    object of the same name (a previous run, kept for the Event TTL) are left out."""
+    bm = get_model(cluster, namespace, name)
+    if bm is None:
+        return []
+    uid = bm["metadata"]["uid"]
     items: list[JSON] = cluster.api.get(
         f"/api/v1/namespaces/{namespace}/events",
-        {"fieldSelector": f"involvedObject.name={name},involvedObject.kind=BatchedModel"},
+        {"fieldSelector": f"involvedObject.uid={uid},involvedObject.kind=BatchedModel"},
     )["items"]
     return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 

@@ -27,6 +27,7 @@ from batchpilot_localcluster.scenario import (
     install_operator,
     local_model,
     model_events,
+    wait_model_ready,
 )
 from batchpilot_localcluster.waits import wait_for
 
@@ -59,11 +60,7 @@ def start(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> No
         values={"watchNamespaces": [namespace]},
     )  # fmt: skip
     cluster.apply(manifest, "-n", namespace)
-    wait_for(
-        lambda: (get_model(cluster, namespace, NAME) or {}).get("status", {}).get("ready") == "1/1",
-        timeout=300,
-        what="the model's first replica to be ready",
-    )
+    wait_model_ready(cluster, namespace, NAME)
 
 
 def last_decision(cluster: LocalCluster, namespace: str) -> str:
