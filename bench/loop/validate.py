@@ -86,15 +86,11 @@ def summarise(
 
 
 async def run_inprocess(
-    config: BatchingConfig, arrivals: np.ndarray, threads: int
+    model: Any, config: BatchingConfig, arrivals: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Submit at the given times (seconds from start) to the runtime's Batcher and model
-    class in this process, open loop. Returns arrival times, latencies, mean batch size and
-    busy seconds per batch."""
-    import torch
-
-    torch.set_num_threads(threads)
-    model = load_runtime_model()
+    """Submit at the given times (seconds from start) to the runtime's Batcher and ``model``
+    (the runtime's model class, loaded once by the caller) in this process, open loop.
+    Returns arrival times, latencies, mean batch size and busy seconds per batch."""
     await model.warm_up()
     loop = asyncio.get_running_loop()
     batcher = Batcher(model, config)
@@ -118,7 +114,6 @@ async def run_inprocess(
         futures.append(fut)
     await asyncio.gather(*futures)
     await batcher.aclose()
-    model.close()
     s = batcher.stats
     n = max(1, s.batches)
     return arrived, finished - arrived, s.batch_items / n, s.batch_seconds / n
@@ -363,10 +358,16 @@ def main() -> None:
     config = BatchingConfig(max_batch_size=args.max_batch, max_wait_ms=args.wait_ms)
     profile = replace(ServiceProfile.load(args.profile), http_per_item_s=0.0)
     server = None
+    model = None
     if args.against == "server":
         log = Path(tempfile.gettempdir()) / f"batchpilot-validate-{os.getpid()}.log"
         server = Server(config, log, args.threads)
         server.wait_ready()
+    else:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        model = load_runtime_model()
     rounds: list[list[Measured]] = [[] for _ in args.rates]
     walls: list[float] = [0.0 for _ in args.rates]
     try:
@@ -380,7 +381,7 @@ def main() -> None:
                 batch = (i1 - i0) / max(1, b1 - b0)
                 busy = (busy1 - busy0) / max(1, b1 - b0)
             else:
-                arr, lat, batch, busy = asyncio.run(run_inprocess(config, arrivals, args.threads))
+                arr, lat, batch, busy = asyncio.run(run_inprocess(model, config, arrivals))
             walls[k] += time.perf_counter() - t
             real = summarise(rate, arr, lat, args.warmup, args.seconds, batch, busy)
             rounds[k].append(real)
@@ -392,6 +393,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.close()
+        if model is not None:
+            model.close()
     measured = [sorted(rs, key=lambda m: m.p95_ms)[len(rs) // 2] for rs in rounds]
     # In-process there is no HTTP work to account for; against the server it is measured.
     cal = calibrate(profile, config, measured, args.seconds, args.warmup, http=server is not None)
