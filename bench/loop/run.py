@@ -5,11 +5,15 @@ runtime's own Batcher on virtual time, the service profile measured from the rea
 Per trace:
 
 * ``batchpilot``: ``metrics.observe`` + ``tuning.decide`` every ``intervalSeconds``;
-* ``static``: the batching config the HPA sweep found best, with the fewest fixed replicas
-  that hold the SLO at the trace's peak rate;
+* ``batchpilot-floor``: the same, with ``minReplicas`` raised to hold capacity for a jump no
+  pod start-up can follow (swept, the cheapest floor holding 99% within target kept): what a
+  user does for traffic known to burst;
+* ``static``: the fewest fixed replicas that hold the SLO at the trace's peak rate, with the
+  swept batching config that needs the fewest;
 * ``hpa``: the Kubernetes HPA algorithm on queue depth per replica with static batching;
   its target and its batch config are swept and the cheapest setting meeting the SLO (p95
   within the target, i.e. at least 95% of requests within it) is kept;
+* ``hpa-floor``: the same sweep with the floors of ``batchpilot-floor`` as ``minReplicas``;
 * ``instant``: a reference, not a contender: it knows the trace's true rate and resizes at
   once, so what it misses is the price of the pod start-up delay alone.
 
@@ -27,7 +31,7 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +91,10 @@ class Setup:
 @dataclass(frozen=True)
 class Job:
     trace: str
-    policy: str  # batchpilot | static | hpa | instant
-    replicas: int = 0  # static
+    policy: str  # batchpilot | batchpilot-floor | static | hpa | hpa-floor | instant
+    replicas: int = 0  # static: the fixed count; batchpilot-floor: minReplicas
     hpa_target: float = 0.0
+    floor: int = 0  # hpa-floor: minReplicas (0: the setup's)
     max_batch: int = 32
     wait_ms: float = 5.0
 
@@ -150,6 +155,10 @@ def run_job(setup: Setup, job: Job) -> Summary:
         setting = (
             f"interval {setup.interval_s:g} s, scale-down delay {setup.scale_down_delay_s:g} s"
         )
+    elif job.policy == "batchpilot-floor":
+        spec = replace(setup.spec(), min_replicas=job.replicas)
+        policy = BatchpilotPolicy(spec, start_replicas=max(start, job.replicas))
+        setting = f"minReplicas {job.replicas}; otherwise as batchpilot"
     elif job.policy == "static":
         policy = StaticPolicy(job.replicas, config)
         setting = f"{job.replicas} replicas, batch {job.max_batch}, wait {job.wait_ms:g} ms"
@@ -169,15 +178,17 @@ def run_job(setup: Setup, job: Job) -> Summary:
             f" batch {job.max_batch}, wait {job.wait_ms:g} ms"
         )
     else:
+        floor = job.floor or setup.min_replicas
         policy = HpaPolicy(
             job.hpa_target,
             config,
-            setup.min_replicas,
+            floor,
             setup.max_replicas,
-            start_replicas=start,
+            start_replicas=max(start, floor),
         )
         setting = (
             f"queue/replica {job.hpa_target:g}, batch {job.max_batch}, wait {job.wait_ms:g} ms"
+            + (f", minReplicas {floor}" if floor != setup.min_replicas else "")
         )
     settings = ClusterSettings(
         startup_s=setup.startup_s, config_delay_s=setup.config_delay_s, seed=setup.seed
@@ -209,6 +220,15 @@ def run_job(setup: Setup, job: Job) -> Summary:
     )
 
 
+def cheapest(candidates: list[Summary], share: float) -> Summary:
+    """The fewest replica-seconds among the runs with at least ``share`` of the requests
+    within target; if none has it, the run with the largest share."""
+    ok = [r for r in candidates if r.within >= share]
+    if ok:
+        return min(ok, key=lambda r: r.replica_seconds)
+    return max(candidates, key=lambda r: r.within)
+
+
 def _run_all(setup: Setup, jobs: list[Job], workers: int) -> list[Summary]:
     if workers <= 1:
         return [run_job(setup, j) for j in jobs]
@@ -216,8 +236,8 @@ def _run_all(setup: Setup, jobs: list[Job], workers: int) -> list[Summary]:
         return list(pool.map(run_job, [setup] * len(jobs), jobs))
 
 
-def static_replicas(setup: Setup, max_batch: int, wait_ms: float, workers: int) -> int:
-    """The fewest fixed replicas that hold the SLO for two minutes at the peak rate."""
+def static_replicas(setup: Setup, max_batch: int, wait_ms: float) -> int:
+    """The fewest fixed replicas that hold 99% within target for two minutes at the peak."""
     profile = ServiceProfile.load(Path(setup.profile_path))
     per = profile.capacity(max_batch)
     first = max(1, math.ceil(setup.peak / per))
@@ -270,8 +290,10 @@ def plot(rows: list[Summary], path: Path, target_ms: float) -> None:
     colors = {
         "batchpilot": "tab:blue",
         "hpa": "tab:orange",
+        "hpa-floor": "tab:brown",
         "static": "tab:gray",
         "instant": "tab:green",
+        "batchpilot-floor": "tab:purple",
     }
     for c, name in enumerate(names):
         for r in (r for r in rows if r.trace == name):
@@ -327,42 +349,44 @@ def main() -> None:
     batch_configs = [(8, 2.0), (16, 5.0)] if args.quick else [(8, 2.0), (16, 5.0), (32, 5.0)]
     targets = [2.0, 8.0] if args.quick else [1.0, 2.0, 4.0, 8.0]
     started = time.perf_counter()
+    # Floors above minReplicas hold capacity for a jump no pod start-up can follow; both
+    # autoscalers get them, up to the replicas that carry the peak.
+    n_peak = math.ceil(setup.peak / ServiceProfile.load(args.profile).capacity(32))
+    floors = list(range(setup.min_replicas + 1, max(setup.min_replicas + 1, n_peak + 1) + 1))
     jobs = [Job(n, "batchpilot") for n in names]
+    jobs += [Job(n, "batchpilot-floor", replicas=f) for n in names for f in floors]
     jobs += [
-        Job(n, "hpa", hpa_target=t, max_batch=b, wait_ms=w)
+        Job(n, "hpa" if f == setup.min_replicas else "hpa-floor", hpa_target=t, max_batch=b,
+            wait_ms=w, floor=f)
         for n in names
         for b, w in batch_configs
         for t in targets
-    ]
+        for f in [setup.min_replicas, *floors]
+    ]  # fmt: skip
     results = _run_all(setup, jobs, args.workers)
-    sweep = [r for r in results if r.policy == "hpa"]
-    hpa_best: dict[str, Summary] = {}
-    for n in names:
-        cands = [r for r in sweep if r.trace == n]
-        ok = [r for r in cands if r.within >= 0.95]
-        pool = ok or cands
-        key = (lambda r: r.replica_seconds) if ok else (lambda r: -r.within)
-        hpa_best[n] = min(pool, key=key)
-    # static: the winning HPA batch config on the most common trace, sized for the peak
-    b, w = max(
-        batch_configs,
-        key=lambda bw: sum(
-            1 for r in hpa_best.values() if r.setting.endswith(f"batch {bw[0]}, wait {bw[1]:g} ms")
-        ),
-    )
-    n_static = static_replicas(setup, b, w, args.workers)
+
+    def best(policy: str, share: float) -> dict[str, Summary]:
+        runs = [r for r in results if r.policy == policy]
+        return {n: cheapest([r for r in runs if r.trace == n], share) for n in names}
+
+    hpa_best = best("hpa", 0.95)
+    hpa_floor_best = best("hpa-floor", 0.95)
+    floor_best = best("batchpilot-floor", 0.99)
+    # static: sized for the peak, with the batching config that needs the fewest replicas
+    n_static, b, w = min((static_replicas(setup, b, w), b, w) for b, w in batch_configs)
     others = _run_all(
         setup,
         [Job(n, "static", replicas=n_static, max_batch=b, wait_ms=w) for n in names]
         + [Job(n, "instant", max_batch=b, wait_ms=w) for n in names],
         args.workers,
     )
-    bp = [r for r in results if r.policy == "batchpilot"]
     rows = []
     for n in names:
-        rows += [r for r in bp if r.trace == n]
-        rows.append(hpa_best[n])
+        rows += [r for r in results if r.trace == n and r.policy == "batchpilot"]
+        rows += [hpa_best[n]]
         rows += [r for r in others if r.trace == n]
+        rows += [floor_best[n], hpa_floor_best[n]]
+    sweep = [r for r in results if r.policy in ("hpa", "hpa-floor", "batchpilot-floor")]
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     table = fmt_table(rows, hpa_best)
@@ -371,7 +395,7 @@ def main() -> None:
             {
                 "setup": asdict(setup),
                 "rows": [{k: v for k, v in asdict(r).items() if k != "series"} for r in rows],
-                "hpa_sweep": [{k: v for k, v in asdict(r).items() if k != "series"} for r in sweep],
+                "sweeps": [{k: v for k, v in asdict(r).items() if k != "series"} for r in sweep],
                 "elapsed_s": elapsed,
             },
             indent=2,
@@ -429,24 +453,44 @@ def report(
 ) -> str:
     profile = json.loads(Path(setup.profile_path).read_text())
     fit = profile["fit"]
+
+    def row(name: str, policy: str) -> Summary | None:
+        return next((r for r in rows if r.trace == name and r.policy == policy), None)
+
+    def pct(r: Summary | None) -> str:
+        return f"{100 * r.within:.2f}%" if r else "-"
+
     verdict = [
         "| trace | batchpilot within | HPA within | instant within | replica-s vs HPA |"
         " >= HPA share | <= 0.8x | >= 99% |",
         "|---|---:|---:|---:|---:|:---:|:---:|:---:|",
     ]
+    floored = [
+        "| trace | batchpilot-floor | within | HPA-floor | within | replica-s vs HPA-floor |"
+        " vs static |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
     for name, base in hpa_best.items():
-        bp = next(r for r in rows if r.trace == name and r.policy == "batchpilot")
-        instant = next((r for r in rows if r.trace == name and r.policy == "instant"), None)
+        bp, instant = row(name, "batchpilot"), row(name, "instant")
+        if bp is None:
+            continue
         ratio = bp.replica_seconds / base.replica_seconds
         verdict.append(
-            f"| {name} | {100 * bp.within:.2f}% | {100 * base.within:.2f}% |"
-            f" {f'{100 * instant.within:.2f}%' if instant else '-'} | {ratio:.2f}x |"
+            f"| {name} | {pct(bp)} | {pct(base)} | {pct(instant)} | {ratio:.2f}x |"
             f" {'yes' if bp.within >= base.within else 'no'} |"
             f" {'yes' if ratio <= 0.8 else 'no'} | {'yes' if bp.within >= 0.99 else 'no'} |"
         )
+        bf, hf, st = row(name, "batchpilot-floor"), row(name, "hpa-floor"), row(name, "static")
+        if bf and hf and st:
+            floored.append(
+                f"| {name} | {bf.setting.split(';')[0]} | {pct(bf)} | {hf.setting} | {pct(hf)} |"
+                f" {bf.replica_seconds / hf.replica_seconds:.2f}x |"
+                f" {bf.replica_seconds / st.replica_seconds:.2f}x |"
+            )
     sweep_rows = "\n".join(
-        f"| {r.trace} | {r.setting} | {100 * r.within:.2f}% | {r.replica_seconds:.0f} |"
-        for r in sorted(sweep, key=lambda r: (r.trace, r.setting))
+        f"| {r.trace} | {r.policy} | {r.setting} | {100 * r.within:.2f}% |"
+        f" {r.replica_seconds:.0f} |"
+        for r in sorted(sweep, key=lambda r: (r.trace, r.policy, r.setting))
     )
     return f"""# Control loop: batchpilot against static batching and the HPA
 
@@ -476,8 +520,14 @@ Produced by `python -m bench.loop.run` ({elapsed:.0f} s on this machine); the va
   pods) per period, pods not ready count as idle for scale-up, 300 s scale-down
   stabilisation) on the mean queue depth per ready replica; target and batch config swept
   per trace, the cheapest setting with p95 within the target kept (sweep below).
-- Static: batch {static_cfg[0]}, wait {static_cfg[1]:g} ms (the HPA sweep's most frequent
-  winner) on {n_static} fixed replicas, the fewest that hold 99% within target at the peak.
+- batchpilot-floor: the same loop with `minReplicas` raised (swept from
+  {setup.min_replicas + 1} up to one more than the replicas that carry the peak at full
+  batches; the cheapest floor with 99% within target kept, else the best share): capacity
+  held for a jump that no pod start-up can follow, which is what a user sets for traffic
+  known to burst. The HPA gets the same floors (hpa-floor: its sweep at each floor).
+- Static: {n_static} fixed replicas, the fewest that hold 99% within target at the peak, with
+  the swept batching config that needs the fewest (batch {static_cfg[0]}, wait
+  {static_cfg[1]:g} ms).
 - Instant (a reference, not a contender): the same batch config; every second it reads the
   trace's true rate and at once resizes to {setup.spec().target_utilization:.0%} busy, down as
   fast as up. No autoscaler reacts sooner, so what it misses is what the pod start-up delay
@@ -499,6 +549,10 @@ Goal per trace (batchpilot against the strongest HPA setting):
 
 {chr(10).join(verdict)}
 
+With a floor held for bursts (both autoscalers' `minReplicas` swept):
+
+{chr(10).join(floored)}
+
 ![load, replicas, p95 and batch size over time](loop.png)
 
 ## What the simulator leaves out
@@ -515,12 +569,12 @@ Goal per trace (batchpilot against the strongest HPA setting):
   delay without standing headroom: the step, the bursts and the spike cost every autoscaler
   the requests that arrive before new pods are ready. The instant reference measures that
   price: where it stays under 99%, the 99% goal needs capacity held for the jump (a higher
-  `minReplicas`, as the static row shows), not a faster loop.
+  `minReplicas`, the batchpilot-floor rows), not a faster loop.
 
-## HPA sweep
+## Sweeps (the HPA's target and batching; batchpilot's floor)
 
-| trace | HPA setting | within target | replica-s |
-|---|---|---:|---:|
+| trace | policy | setting | within target | replica-s |
+|---|---|---|---:|---:|
 {sweep_rows}
 """
 

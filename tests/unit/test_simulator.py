@@ -306,3 +306,15 @@ def test_measured_spread_scales_each_batch() -> None:
     finished = res.arrival + res.latency
     idle = np.concatenate([[True], res.arrival[1:] >= finished[:-1]])
     assert np.allclose(res.latency[idle], 2 * PROFILE.total_s(1))
+
+
+def test_the_kept_setting_is_the_cheapest_meeting_the_share_else_the_best_share() -> None:
+    from bench.loop.run import Summary, cheapest
+
+    def run(setting: str, within: float, replica_s: float) -> Summary:
+        return Summary("t", "hpa", setting, 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {})
+
+    runs = [run("a", 0.999, 900.0), run("b", 0.991, 700.0), run("c", 0.98, 400.0)]
+    assert cheapest(runs, 0.99).setting == "b"
+    assert cheapest(runs, 0.95).setting == "c"
+    assert cheapest(runs, 0.9995).setting == "a"  # none meets it: the largest share
