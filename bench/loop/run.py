@@ -92,9 +92,9 @@ class Setup:
 class Job:
     trace: str
     policy: str  # batchpilot | batchpilot-floor | static | hpa | hpa-floor | instant
-    replicas: int = 0  # static: the fixed count; batchpilot-floor: minReplicas
+    replicas: int = 0  # static: the fixed count
     hpa_target: float = 0.0
-    floor: int = 0  # hpa-floor: minReplicas (0: the setup's)
+    floor: int = 0  # batchpilot-floor, hpa-floor: minReplicas (0: the setup's)
     max_batch: int = 32
     wait_ms: float = 5.0
 
@@ -156,9 +156,9 @@ def run_job(setup: Setup, job: Job) -> Summary:
             f"interval {setup.interval_s:g} s, scale-down delay {setup.scale_down_delay_s:g} s"
         )
     elif job.policy == "batchpilot-floor":
-        spec = replace(setup.spec(), min_replicas=job.replicas)
-        policy = BatchpilotPolicy(spec, start_replicas=max(start, job.replicas))
-        setting = f"minReplicas {job.replicas}; otherwise as batchpilot"
+        spec = replace(setup.spec(), min_replicas=job.floor)
+        policy = BatchpilotPolicy(spec, start_replicas=max(start, job.floor))
+        setting = f"minReplicas {job.floor}; otherwise as batchpilot"
     elif job.policy == "static":
         policy = StaticPolicy(job.replicas, config)
         setting = f"{job.replicas} replicas, batch {job.max_batch}, wait {job.wait_ms:g} ms"
@@ -354,7 +354,7 @@ def main() -> None:
     n_peak = math.ceil(setup.peak / ServiceProfile.load(args.profile).capacity(32))
     floors = list(range(setup.min_replicas + 1, max(setup.min_replicas + 1, n_peak + 1) + 1))
     jobs = [Job(n, "batchpilot") for n in names]
-    jobs += [Job(n, "batchpilot-floor", replicas=f) for n in names for f in floors]
+    jobs += [Job(n, "batchpilot-floor", floor=f) for n in names for f in floors]
     jobs += [
         Job(n, "hpa" if f == setup.min_replicas else "hpa-floor", hpa_target=t, max_batch=b,
             wait_ms=w, floor=f)

@@ -410,7 +410,6 @@ def _utilization_target(
     spec: TuningSpec,
     p95_ms: float | None,
     enough: bool,
-    overloaded: bool,
     confirmed: bool,
     now: float,
 ) -> float:
@@ -422,7 +421,7 @@ def _utilization_target(
     busy = current.utilization_target or spec.target_utilization
     if enough and p95_ms is not None and obs.complete and _judged(current, spec, now):
         if p95_ms > spec.latency_target_ms:
-            if not overloaded and confirmed:
+            if confirmed:  # a second miss in a row, without overload
                 busy *= spec.decrease_factor
         elif p95_ms < spec.well_inside * spec.latency_target_ms:
             busy += spec.utilization_step
@@ -487,7 +486,7 @@ def decide(
     notes.append(config_note)
 
     # --- replicas: capacity of one replica at the chosen batch size
-    busy = _utilization_target(obs, current, spec, p95_ms, enough, overloaded, confirmed, now)
+    busy = _utilization_target(obs, current, spec, p95_ms, enough, confirmed, now)
     rec, load_note = _recommend_replicas(obs, spec, size, rate, demand, busy)
     if rec is None:
         rec = current.replicas
