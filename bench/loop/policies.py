@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from bench.loop.simulator import Cluster
 
-from batchpilot_operator.metrics import Scrape, ServicePoint, observe, parse_metrics
+from batchpilot_operator.metrics import Scrape, ServiceHistory, observe, parse_metrics
 from batchpilot_operator.tuning import CurrentState, TuningSpec, decide
 from batchpilot_runtime.config import BatchingConfig
 
@@ -116,7 +116,6 @@ class BatchpilotPolicy:
     start_replicas: int = 1
     start_config: BatchingConfig = field(default_factory=BatchingConfig)
     name: str = "batchpilot"
-    history_points: int = 60
     decisions: list[tuple[float, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -134,7 +133,7 @@ class BatchpilotPolicy:
             generation=1,
         )
         self._previous: Scrape | None = None
-        self._history: deque[ServicePoint] = deque(maxlen=self.history_points)
+        self._history = ServiceHistory()
 
     @property
     def interval_s(self) -> float:
@@ -149,7 +148,7 @@ class BatchpilotPolicy:
             for r in cluster.ready()
         }
         scrape = Scrape(time=now, samples=samples)
-        obs = observe(self._previous, scrape, history=tuple(self._history))
+        obs = observe(self._previous, scrape, history=self._history.points())
         self._previous = scrape
         self._history.extend(obs.service_points)
         state = self._state

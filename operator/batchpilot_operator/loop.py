@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -35,14 +34,20 @@ from typing import Any, Protocol
 from batchpilot_operator import api, desired
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.conditions import now_rfc3339
-from batchpilot_operator.metrics import Observation, Scrape, ServicePoint, observe, scrape_pods
+from batchpilot_operator.metrics import (
+    Observation,
+    Scrape,
+    ServiceHistory,
+    observe,
+    scrape_pods,
+)
 from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, decide
 from batchpilot_runtime.config import BatchingConfig
 
 LOGGER = logging.getLogger("batchpilot.loop")
 
-HISTORY_POINTS = 60
-"""Per-pod service-time points kept for the fit (a few minutes of windows)."""
+HISTORY_PER_BAND = 8
+"""Per-pod service-time points kept for the fit in each batch-size band."""
 PROPAGATION_POLL_S = 0.25
 """How often the pods' metrics are read while a new config propagates."""
 PROPAGATION_TIMEOUT_S = 10.0
@@ -210,7 +215,7 @@ class TuningLoop:
         self.propagation_timeout_s = propagation_timeout_s
         self.logger = logger
         self.previous: Scrape | None = None
-        self.history: deque[ServicePoint] = deque(maxlen=HISTORY_POINTS)
+        self.history = ServiceHistory(per_band=HISTORY_PER_BAND)
         self.state: CurrentState | None = None
         self.pending: tuple[int, float] | None = None
         """(generation, time written) of a config not yet reported by every pod."""
@@ -250,7 +255,7 @@ class TuningLoop:
         pods = await asyncio.to_thread(self.kube.list_pods, self.namespace, self.name)
         targets = ready_pod_targets(pods)
         scrape = await self.scrape(targets)
-        obs = observe(self.previous, scrape, history=tuple(self.history))
+        obs = observe(self.previous, scrape, history=self.history.points())
         self.previous = scrape
         self.history.extend(obs.service_points)
         result = TickResult(obs, None, spec.interval_s)

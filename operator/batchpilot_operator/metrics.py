@@ -14,7 +14,8 @@ fixed histogram buckets identical on every pod). This module
   points, and the batching config each pod reports in force.
 
 Nothing here talks to Kubernetes; the caller maps pods to URLs and keeps the previous
-:class:`Scrape` (and, optionally, recent :class:`ServicePoint` values) between ticks.
+:class:`Scrape` (and, optionally, a :class:`ServiceHistory` of earlier windows' points)
+between ticks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -405,6 +407,34 @@ def fit_service_time(
     )
 
 
+class ServiceHistory:
+    """Recent :class:`ServicePoint` values for the fit, kept per batch-size band (bands a
+    factor of sqrt(2) wide, the newest ``per_band`` points in each).
+
+    ``t(b)`` belongs to the model and the hardware, not to the load: a quiet spell runs small
+    batches only, and a plain "last N points" history would then forget the large batches a
+    busy spell measured, lose the fit's spread and leave replicas sized from the busy share,
+    which underestimates what a batching replica carries. Bounded: a batch size of 1024
+    gives 21 bands."""
+
+    def __init__(self, per_band: int = 8) -> None:
+        self.per_band = per_band
+        self._bands: dict[int, deque[ServicePoint]] = {}
+
+    def extend(self, points: Iterable[ServicePoint]) -> None:
+        """Add one window's points; each band keeps only its newest ``per_band``."""
+        for p in points:
+            band = round(2 * math.log2(max(p.batch_size, 1.0)))
+            self._bands.setdefault(band, deque(maxlen=self.per_band)).append(p)
+
+    def points(self) -> tuple[ServicePoint, ...]:
+        """Every point kept, smallest batch sizes first."""
+        return tuple(p for band in sorted(self._bands) for p in self._bands[band])
+
+    def __len__(self) -> int:
+        return sum(len(band) for band in self._bands.values())
+
+
 # --------------------------------------------------------------------------- observation
 
 
@@ -492,11 +522,12 @@ def observe(
 ) -> Observation:
     """Compare two scrapes of the same set of pods into an :class:`Observation`.
 
-    ``history`` is recent :class:`ServicePoint` values (from earlier observations'
-    ``service_points``) added to this window's for the service-time fit. Without a previous
-    scrape (first tick) the rates cover no pod: ``pods_paired`` is 0. A pod that was not
-    asked at the previous scrape (it became ready since) counts from zero; one that was
-    asked but did not answer has no baseline and stays unpaired this window.
+    ``history`` is earlier windows' :class:`ServicePoint` values (a
+    :class:`ServiceHistory`'s ``points()``) added to this window's for the service-time
+    fit. Without a previous scrape (first tick) the rates cover no pod: ``pods_paired`` is
+    0. A pod that was not asked at the previous scrape (it became ready since) counts from
+    zero; one that was asked but did not answer has no baseline and stays unpaired this
+    window.
     """
     prev_samples: Mapping[str, PodSample] = previous.samples if previous is not None else {}
     prev_pods = previous.pods if previous is not None else frozenset()

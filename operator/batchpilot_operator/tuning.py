@@ -366,10 +366,23 @@ def _choose_config(
 
 
 def _recommend_replicas(
-    obs: Observation, spec: TuningSpec, size: int, rate: float, demand: float, busy: float
+    obs: Observation,
+    spec: TuningSpec,
+    size: int,
+    rate: float,
+    demand: float,
+    busy: float,
+    busy_share_exact: bool,
+    replicas: int,
 ) -> tuple[int | None, str]:
     """Replicas that carry ``demand`` at the target utilisation, or None when the capacity of
-    a replica is unknown (no service-time fit and no busy share) while there is demand."""
+    a replica is unknown (no service-time fit and no busy share) while there is demand.
+
+    Without a fit the capacity comes from the busy share at the batch size the pods ran, a
+    lower bound while batches do not fill (more load fills them, and a fuller batch carries
+    more per second): the count it gives may then lower the replicas, but raises them only
+    when ``busy_share_exact`` (the pods saturated, or their batches full: a batch of one
+    carries what it carries)."""
     if demand <= 0:
         # Nothing arrived and nothing waits: one replica would do, whatever a replica carries
         # (an idle model runs no batches, so neither the fit nor the busy share may exist).
@@ -387,10 +400,16 @@ def _recommend_replicas(
     elif util is not None and util > 0.05 and obs.throughput > 0:
         capacity = (obs.throughput / obs.pods_paired) / util
         how = f"{capacity:.0f}/s per replica from busy share {util:.2f}"
+        need = max(1, math.ceil(demand / (capacity * busy) - 1e-9))
+        if need > replicas and not busy_share_exact:
+            return replicas, (
+                f"demand {demand:.1f}/s, {how} (batches of {obs.mean_batch_size or 0:.1f}: "
+                f"a lower bound while they do not fill): {replicas} kept until a fit"
+            )
     else:
         return None, "no executed batches to size replicas from"
-    need = math.ceil(demand / (capacity * busy) - 1e-9)
-    return max(need, 1), (
+    need = max(1, math.ceil(demand / (capacity * busy) - 1e-9))
+    return need, (
         f"demand {demand:.1f}/s (arrivals {rate:.1f}/s + queue {obs.queue_depth:.0f}), {how}, "
         f"{need} at {busy:.0%} busy"
     )
@@ -487,13 +506,19 @@ def decide(
 
     # --- replicas: capacity of one replica at the chosen batch size
     busy = _utilization_target(obs, current, spec, p95_ms, enough, confirmed, now)
-    rec, load_note = _recommend_replicas(obs, spec, size, rate, demand, busy)
+    full = obs.mean_batch_size is not None and obs.mean_batch_size >= 0.8 * current.max_batch_size
+    rec, load_note = _recommend_replicas(
+        obs, spec, size, rate, demand, busy, saturated or full, current.replicas
+    )
     if rec is None:
         rec = current.replicas
     # Never stack a replica on a scale-up not yet in force: pods still starting, or added so
     # recently that the window's p95 still holds the backlog from before they were ready.
+    # Nor while the queue drains: the replicas carry the load, and the debt term sizes how
+    # fast the backlog goes.
     starting = obs.pods_expected < current.replicas
-    if missed and saturated and not starting and not just_scaled:
+    draining = obs.queue_depth > 0 and obs.throughput > obs.arrival_rate
+    if missed and saturated and not starting and not just_scaled and not draining:
         rec = max(rec, current.replicas + 1)
         load_note += "; p95 missed under overload: at least one more replica"
     rec = int(_clamp(rec, spec.min_replicas, spec.max_replicas))

@@ -14,6 +14,7 @@ from batchpilot_operator.metrics import (
     REQUEST_DURATION,
     Histogram,
     MetricsParseError,
+    ServiceHistory,
     ServicePoint,
     fit_service_time,
     fraction_at_most,
@@ -274,3 +275,22 @@ def test_parses_what_the_runtime_telemetry_serves() -> None:
     assert s.histograms[BATCH_SIZE].sum == 6
     assert (s.config.max_batch_size, s.config.generation) == (12, 5)
     assert s.config.max_wait_s == pytest.approx(0.004)
+
+
+def test_service_history_keeps_large_batches_through_a_quiet_spell() -> None:
+    history = ServiceHistory(per_band=4)
+    history.extend(ServicePoint(b, 0.005 + 0.001 * b, 10) for b in (16, 24, 32) for _ in range(4))
+    # a long quiet spell of small batches: a last-N history would hold nothing else
+    for _ in range(50):
+        history.extend([ServicePoint(1.0, 0.006, 30), ServicePoint(2.0, 0.007, 30)])
+    kept = history.points()
+    assert len(kept) == len(history) <= 4 * 6
+    assert max(p.batch_size for p in kept) == 32
+    assert [p.batch_size for p in kept] == sorted(p.batch_size for p in kept)
+    fit = fit_service_time(kept)
+    assert fit is not None
+    assert fit.per_item_s == pytest.approx(0.001)
+    assert fit.intercept_s == pytest.approx(0.005)
+    # each band keeps its newest points
+    history.extend([ServicePoint(32.0, 0.040, 10)])
+    assert history.points()[-1].duration_s == pytest.approx(0.040)

@@ -440,3 +440,37 @@ def test_a_window_that_began_under_the_previous_config_is_not_judged() -> None:
     late = decide(missed, late.next_state(cur, 20.0), SPEC, now=20.0 + SPEC.interval_s)
     assert late.max_batch_size == 14
     assert late.utilization_target == pytest.approx(0.5)
+
+
+def test_without_a_fit_the_busy_share_scales_up_only_when_batches_fill_or_pods_saturate() -> None:
+    # 100/s over 2 pods, 80% busy in batches of 2 of 8: the busy share says 62.5/s per pod,
+    # 3 at 70% busy; but fuller batches would carry more, so no scale-up on it
+    sparse = obs(rate=100, batch=2.0, util=0.8, fit=None)
+    d = decide(sparse, state(replicas=2, max_batch_size=8), SPEC, now=0.0)
+    assert d.replicas == 2
+    assert "lower bound" in d.reason
+    # batches of one item (a model that does not batch): the busy share is exact
+    single = obs(rate=100, batch=1.0, util=0.8, fit=None)
+    up = decide(single, state(replicas=2, max_batch_size=1), SPEC, now=0.0)
+    assert up.replicas == 3
+    # saturated pods: scale up on it whatever the batches
+    hot = obs(rate=100, batch=2.0, util=0.95, fit=None)
+    assert decide(hot, state(replicas=2, max_batch_size=8), SPEC, now=0.0).replicas > 2
+    # and it may always lower the count: the true need is at most what it says
+    quiet = obs(rate=20, pods=4, batch=2.0, util=0.1, fit=None)
+    cur = state(replicas=4, max_batch_size=8)
+    for k in range(10):
+        d = decide(quiet, cur, SPEC, now=k * SPEC.interval_s)
+        cur = d.next_state(cur, k * SPEC.interval_s)
+    assert cur.replicas < 4
+
+
+def test_no_extra_replica_while_the_queue_drains() -> None:
+    # saturated and missing, every pod in force, but serving faster than requests arrive
+    draining = replace(obs(rate=800, pods=4, p95_ms=400, util=0.97, queue=300), throughput=900.0)
+    d = decide(draining, state(replicas=4, utilization_target=0.7), SPEC, now=0.0)
+    # the fit gives 400/s per pod at batch 8: demand 800 + 300/30 s -> 3 at 70% busy
+    assert d.replicas == 4
+    assert "at least one more" not in d.reason
+    growing = replace(draining, throughput=700.0)
+    assert decide(growing, state(replicas=4, utilization_target=0.7), SPEC, now=0.0).replicas == 5
