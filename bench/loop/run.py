@@ -17,10 +17,12 @@ Per trace:
 * ``instant``: a reference, not a contender: it knows the trace's true rate and resizes at
   once, so what it misses is the price of the pod start-up delay alone.
 
-Writes ``bench/results/loop.md``, ``loop.json`` and ``loop.png``.
+Writes ``bench/results/loop.md``, ``loop.json`` and ``loop.png`` (``--name`` sets the stem).
 
-    python -m bench.loop.run            # the full comparison (a few minutes on 2 cores)
+    python -m bench.loop.run            # the full comparison (20 min on 2 cores)
     python -m bench.loop.run --quick    # shorter traces, a smaller sweep
+    python -m bench.loop.run --peak 1200 --min-replicas 1 --max-replicas 10 \
+        --floors none --name loop-wide  # a peak that needs most of maxReplicas
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -113,6 +116,8 @@ class Summary:
     decisions: int
     wall_s: float
     series: dict[str, list[float]]
+    floor: int = 0
+    """batchpilot-floor, hpa-floor: the minReplicas floor of the run."""
 
 
 def _series(res: RunResult, step_s: float = 10.0) -> dict[str, list[float]]:
@@ -217,6 +222,7 @@ def run_job(setup: Setup, job: Job) -> Summary:
         decisions=len(res.decisions),
         wall_s=time.perf_counter() - t0,
         series=_series(res),
+        floor=job.floor,
     )
 
 
@@ -329,8 +335,16 @@ def main() -> None:
     parser.add_argument("--startup-s", type=float, default=10.0)
     parser.add_argument("--interval-s", type=float, default=5.0)
     parser.add_argument("--scale-down-delay-s", type=float, default=120.0)
+    parser.add_argument(
+        "--floors",
+        default="auto",
+        help="minReplicas floors for batchpilot-floor and hpa-floor: 'auto' (from one above"
+        " --min-replicas to one above the replicas that carry the peak), 'none', or a"
+        " comma-separated list",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="loop", help="file stem of the results")
     args = parser.parse_args()
     setup = Setup(
         profile_path=os.path.relpath(args.profile),
@@ -351,8 +365,7 @@ def main() -> None:
     started = time.perf_counter()
     # Floors above minReplicas hold capacity for a jump no pod start-up can follow; both
     # autoscalers get them, up to the replicas that carry the peak.
-    n_peak = math.ceil(setup.peak / ServiceProfile.load(args.profile).capacity(32))
-    floors = list(range(setup.min_replicas + 1, max(setup.min_replicas + 1, n_peak + 1) + 1))
+    floors = parse_floors(args.floors, setup, ServiceProfile.load(args.profile))
     jobs = [Job(n, "batchpilot") for n in names]
     jobs += [Job(n, "batchpilot-floor", floor=f) for n in names for f in floors]
     jobs += [
@@ -370,8 +383,8 @@ def main() -> None:
         return {n: cheapest([r for r in runs if r.trace == n], share) for n in names}
 
     hpa_best = best("hpa", 0.95)
-    hpa_floor_best = best("hpa-floor", 0.95)
-    floor_best = best("batchpilot-floor", 0.99)
+    hpa_floor_best = best("hpa-floor", 0.95) if floors else {}
+    floor_best = best("batchpilot-floor", 0.99) if floors else {}
     # static: sized for the peak, with the batching config that needs the fewest replicas
     n_static, b, w = min((static_replicas(setup, b, w), b, w) for b, w in batch_configs)
     others = _run_all(
@@ -385,12 +398,13 @@ def main() -> None:
         rows += [r for r in results if r.trace == n and r.policy == "batchpilot"]
         rows += [hpa_best[n]]
         rows += [r for r in others if r.trace == n]
-        rows += [floor_best[n], hpa_floor_best[n]]
+        if floors:
+            rows += [floor_best[n], hpa_floor_best[n]]
     sweep = [r for r in results if r.policy in ("hpa", "hpa-floor", "batchpilot-floor")]
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     table = fmt_table(rows, hpa_best)
-    (args.out / "loop.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps(
             {
                 "setup": asdict(setup),
@@ -402,12 +416,43 @@ def main() -> None:
         )
         + "\n"
     )
-    plot(rows, args.out / "loop.png", setup.target_ms)
+    plot(rows, args.out / f"{args.name}.png", setup.target_ms)
     print(table)
     print(f"\n{len(results) + len(others)} runs in {elapsed:.0f} s")
-    (args.out / "loop.md").write_text(
-        report(setup, rows, hpa_best, sweep, n_static, (b, w), elapsed, args.out)
+    (args.out / f"{args.name}.md").write_text(
+        report(
+            setup,
+            rows,
+            hpa_best,
+            sweep,
+            n_static,
+            (b, w),
+            elapsed,
+            args.out,
+            args.name,
+            " ".join(["python -m bench.loop.run", *sys.argv[1:]]),
+        )
     )
+
+
+def parse_floors(text: str, setup: Setup, profile: ServiceProfile) -> list[int]:
+    """The ``--floors`` option: 'auto' is every floor from one above ``min_replicas`` to one
+    above the replicas that carry the peak at full batches; 'none' is no floor sweep."""
+    if text == "none":
+        return []
+    if text == "auto":
+        n_peak = math.ceil(setup.peak / profile.capacity(32))
+        return list(range(setup.min_replicas + 1, max(setup.min_replicas + 1, n_peak + 1) + 1))
+    try:
+        floors = sorted({int(f) for f in text.split(",")})
+    except ValueError:
+        raise SystemExit(f"--floors {text}: expected 'auto', 'none' or integers like 3,5") from None
+    if floors[0] <= setup.min_replicas or floors[-1] > setup.max_replicas:
+        raise SystemExit(
+            f"--floors {text}: each floor must be above --min-replicas {setup.min_replicas}"
+            f" and at most --max-replicas {setup.max_replicas}"
+        )
+    return floors
 
 
 def _validation_table(path: Path) -> str:
@@ -450,6 +495,8 @@ def report(
     static_cfg: tuple[int, float],
     elapsed: float,
     out: Path,
+    name: str = "loop",
+    command: str = "python -m bench.loop.run",
 ) -> str:
     profile = json.loads(Path(setup.profile_path).read_text())
     fit = profile["fit"]
@@ -483,10 +530,26 @@ def report(
         bf, hf, st = row(name, "batchpilot-floor"), row(name, "hpa-floor"), row(name, "static")
         if bf and hf and st:
             floored.append(
-                f"| {name} | {bf.setting.split(';')[0]} | {pct(bf)} | {hf.setting} | {pct(hf)} |"
+                f"| {name} | minReplicas {bf.floor} | {pct(bf)} | {hf.setting} | {pct(hf)} |"
                 f" {bf.replica_seconds / hf.replica_seconds:.2f}x |"
                 f" {bf.replica_seconds / st.replica_seconds:.2f}x |"
             )
+    floors = sorted({r.floor for r in sweep if r.policy == "batchpilot-floor"})
+    floor_setup = (
+        f"""- batchpilot-floor: the same loop with `minReplicas` raised (swept over {floors};
+  the cheapest floor with 99% within target kept, else the best share): capacity held for a
+  jump that no pod start-up can follow, which is what a user sets for traffic known to
+  burst. The HPA gets the same floors (hpa-floor: its sweep at each floor).
+"""
+        if floors
+        else ""
+    )
+    floor_results = (
+        "With a floor held for bursts (both autoscalers' `minReplicas` swept):\n\n"
+        + "\n".join(floored)
+        if floors
+        else "No `minReplicas` floor swept in this run (`--floors none`)."
+    )
     sweep_rows = "\n".join(
         f"| {r.trace} | {r.policy} | {r.setting} | {100 * r.within:.2f}% |"
         f" {r.replica_seconds:.0f} |"
@@ -494,7 +557,7 @@ def report(
     )
     return f"""# Control loop: batchpilot against static batching and the HPA
 
-Produced by `python -m bench.loop.run` ({elapsed:.0f} s on this machine); the validation by
+Produced by `{command}` ({elapsed:.0f} s on this machine); the validation by
 `python -m bench.loop.validate`; the service profile by `python -m bench.loop.profile`.
 
 ## Setup
@@ -520,13 +583,8 @@ Produced by `python -m bench.loop.run` ({elapsed:.0f} s on this machine); the va
   pods) per period, pods not ready count as idle for scale-up, 300 s scale-down
   stabilisation) on the mean queue depth per ready replica; target and batch config swept
   per trace, the cheapest setting with p95 within the target kept (sweep below).
-- batchpilot-floor: the same loop with `minReplicas` raised (swept from
-  {setup.min_replicas + 1} up to one more than the replicas that carry the peak at full
-  batches; the cheapest floor with 99% within target kept, else the best share): capacity
-  held for a jump that no pod start-up can follow, which is what a user sets for traffic
-  known to burst. The HPA gets the same floors (hpa-floor: its sweep at each floor).
-- Static: {n_static} fixed replicas, the fewest that hold 99% within target at the peak, with
-  the swept batching config that needs the fewest (batch {static_cfg[0]}, wait
+{floor_setup}- Static: {n_static} fixed replicas, the fewest that hold 99% within target at the
+  peak, with the swept batching config that needs the fewest (batch {static_cfg[0]}, wait
   {static_cfg[1]:g} ms).
 - Instant (a reference, not a contender): the same batch config; every second it reads the
   trace's true rate and at once resizes to {setup.spec().target_utilization:.0%} busy, down as
@@ -549,11 +607,9 @@ Goal per trace (batchpilot against the strongest HPA setting):
 
 {chr(10).join(verdict)}
 
-With a floor held for bursts (both autoscalers' `minReplicas` swept):
+{floor_results}
 
-{chr(10).join(floored)}
-
-![load, replicas, p95 and batch size over time](loop.png)
+![load, replicas, p95 and batch size over time]({name}.png)
 
 ## What the simulator leaves out
 

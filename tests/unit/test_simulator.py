@@ -318,3 +318,17 @@ def test_the_kept_setting_is_the_cheapest_meeting_the_share_else_the_best_share(
     assert cheapest(runs, 0.99).setting == "b"
     assert cheapest(runs, 0.95).setting == "c"
     assert cheapest(runs, 0.9995).setting == "a"  # none meets it: the largest share
+
+
+def test_floors_option_names_its_floors_and_refuses_bad_ones() -> None:
+    from bench.loop.run import Setup, parse_floors
+
+    setup = Setup("p.json", 250.0, 500.0, 60.0, 2, 8, 10.0, (2.0, 10.0), 5.0, 120.0, 1)
+    assert parse_floors("none", setup, PROFILE) == []
+    assert parse_floors("5,3,5", setup, PROFILE) == [3, 5]
+    auto = parse_floors("auto", setup, PROFILE)
+    assert auto[0] == 3
+    assert auto[-1] == math.ceil(500.0 / PROFILE.capacity(32)) + 1
+    for bad in ("2", "9", "three", ""):
+        with pytest.raises(SystemExit, match="--floors"):
+            parse_floors(bad, setup, PROFILE)
