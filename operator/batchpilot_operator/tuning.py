@@ -5,7 +5,8 @@ actuation. It
 
 1. holds when the observation covers no pod (first tick, every pod missing);
 2. models the service time ``t(b) = a + c*b`` (fitted from the pods' batch sizes and
-   durations), reserves a share of the target for the batch wait, and picks the largest
+   durations), reserves a share of the target for the batch wait (none by default, see
+   ``TuningSpec.wait_share``), and picks the largest
    batch size whose worst case under load, a batch in execution plus the wait plus its own
    batch (``2*t(b) + wait``), fits in a share of the latency target: the most throughput per
    replica (``b / t(b)``) that meets the target;
@@ -65,8 +66,13 @@ class TuningSpec:
     """Added to the utilisation target when the p95 is well inside the target."""
     latency_budget: float = 0.8
     """Share of the target the modelled worst case ``2*t(b) + wait`` may use."""
-    wait_share: float = 0.1
-    """Share of the target given to the batch wait, when the budget leaves room."""
+    wait_share: float = 0.0
+    """Share of the target given to the batch wait (kept within the spec's wait bounds).
+    None by default: a replica that dispatches what waits whenever a batch slot frees fills
+    its batches under load by itself, and a wait then only adds latency. In the loop
+    simulator on the measured profile, one replica at 80% busy had a p95 of 151 ms with no
+    wait and 200 ms with a 25 ms one, at the same throughput; near saturation the share
+    within target was 88% against 82%. ``minWaitMs`` in the spec sets a floor."""
     min_latency_samples: int = 20
     """Fewer request latencies than this in a window: the p95 is not used."""
     decrease_factor: float = 0.7

@@ -31,6 +31,7 @@ SPEC = TuningSpec(
     max_wait_ms=20.0,
     interval_s=15.0,
     scale_down_delay_s=120.0,
+    wait_share=0.1,  # a wait that the model has to fit in the budget
 )
 
 
@@ -125,6 +126,16 @@ def test_service_model_picks_largest_batch_meeting_target_and_sizes_replicas() -
     # scaling down waits for the delay
     assert d.replicas == 2
     assert "waiting" in d.reason
+
+
+def test_the_default_wait_is_the_specs_minimum() -> None:
+    # no wait: the budget goes to the batch, 2*t(b) <= 80 ms -> b <= 18
+    spec = replace(SPEC, wait_share=TuningSpec.wait_share)
+    d = decide(obs(rate=100, p95_ms=30, batch=60), state(max_batch_size=60), spec, now=0.0)
+    assert d.max_wait_ms == 0.0
+    assert d.max_batch_size == 18
+    floor = replace(spec, min_wait_ms=3.0)
+    assert decide(obs(p95_ms=30), state(max_wait_ms=20.0), floor, now=0.0).max_wait_ms == 3.0
 
 
 def test_fast_scale_up_from_rate_and_queue() -> None:
