@@ -418,6 +418,8 @@ class ServiceHistory:
     gives 21 bands."""
 
     def __init__(self, per_band: int = 8) -> None:
+        if per_band < 1:
+            raise ValueError(f"per_band must be at least 1, got {per_band}")
         self.per_band = per_band
         self._bands: dict[int, deque[ServicePoint]] = {}
 

@@ -406,15 +406,14 @@ def _recommend_replicas(
     elif util is not None and util > 0.05 and obs.throughput > 0:
         capacity = (obs.throughput / obs.pods_paired) / util
         how = f"{capacity:.0f}/s per replica from busy share {util:.2f}"
-        need = max(1, math.ceil(demand / (capacity * busy) - 1e-9))
-        if need > replicas and not busy_share_exact:
-            return replicas, (
-                f"demand {demand:.1f}/s, {how} (batches of {obs.mean_batch_size or 0:.1f}: "
-                f"a lower bound while they do not fill): {replicas} kept until a fit"
-            )
     else:
         return None, "no executed batches to size replicas from"
     need = max(1, math.ceil(demand / (capacity * busy) - 1e-9))
+    if fit is None and need > replicas and not busy_share_exact:
+        return replicas, (
+            f"demand {demand:.1f}/s, {how} (batches of {obs.mean_batch_size or 0:.1f}: "
+            f"a lower bound while they do not fill): {replicas} kept until a fit"
+        )
     return need, (
         f"demand {demand:.1f}/s (arrivals {rate:.1f}/s + queue {obs.queue_depth:.0f}), {how}, "
         f"{need} at {busy:.0%} busy"
