@@ -496,7 +496,7 @@ def report(
     static_cfg: tuple[int, float],
     elapsed: float,
     out: Path,
-    name: str = "loop",
+    stem: str = "loop",
     command: str = "python -m bench.loop.run",
 ) -> str:
     profile = json.loads(Path(setup.profile_path).read_text())
@@ -610,7 +610,7 @@ Goal per trace (batchpilot against the strongest HPA setting):
 
 {floor_results}
 
-![load, replicas, p95 and batch size over time]({name}.png)
+![load, replicas, p95 and batch size over time]({stem}.png)
 
 ## What the simulator leaves out
 
