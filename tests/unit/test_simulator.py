@@ -335,11 +335,14 @@ def test_floors_option_names_its_floors_and_refuses_bad_ones() -> None:
 
 
 def test_report_names_its_own_plot_and_says_when_no_floor_was_swept(tmp_path: Path) -> None:
-    from bench.loop.run import HERE, Setup, report
+    from bench.loop.run import HERE, Setup, Summary, report
 
     profile = str(HERE / "service_profile.json")
     setup = Setup(profile, 250.0, 1200.0, 60.0, 1, 10, 10.0, (2.0, 10.0), 5.0, 120.0, 1)
-    text = report(setup, [], {}, [], 7, (16, 0.0), 1.0, tmp_path, "loop-wide", "the command")
+    hpa = Summary("spike", "hpa", "queue/replica 1", 100, 0.99, 0.0, 0.0, 900.0, 0.0, 0, 0.0, {})
+    text = report(
+        setup, [hpa], {"spike": hpa}, [], 7, (16, 0.0), 1.0, tmp_path, "loop-wide", "the command"
+    )
     assert "(loop-wide.png)" in text
     assert "`the command`" in text
     assert "No `minReplicas` floor swept" in text
