@@ -264,20 +264,26 @@ def _decision(
     )
 
 
-def _model_choice(fit: ServiceTimeFit, spec: TuningSpec) -> tuple[int, float]:
-    """The wait (its share of the target, within bounds) and the largest batch size whose
-    modelled worst case under load, ``2*t(b) + wait``, fits the budget."""
-    budget = spec.latency_budget * spec.latency_target_s
+def _chosen_wait_ms(spec: TuningSpec) -> float:
+    """The wait: its share of the target, within bounds, in steps of 0.5 ms."""
     wait_s = _clamp(
         spec.wait_share * spec.latency_target_s, spec.min_wait_ms / 1000, spec.max_wait_ms / 1000
     )
+    return round(wait_s * 1000.0 * 2) / 2
+
+
+def _model_choice(fit: ServiceTimeFit, spec: TuningSpec) -> int:
+    """The largest batch size whose modelled worst case under load, ``2*t(b) + wait``, fits
+    the budget."""
+    budget = spec.latency_budget * spec.latency_target_s
+    wait_s = _chosen_wait_ms(spec) / 1000
     best = spec.min_batch_size
     for b in range(spec.min_batch_size, spec.max_batch_size + 1):
         if 2 * fit.duration(b) + wait_s <= budget:
             best = b
         else:
             break
-    return best, round(wait_s * 1000.0 * 2) / 2  # in steps of 0.5 ms
+    return best
 
 
 def _choose_config(
@@ -355,17 +361,19 @@ def _choose_config(
         note = f"p95 {p95_ms:.0f} ms within target {target_ms:g} ms"
     fit = obs.service_fit
     if fit is not None and not (missed and overloaded):
-        model_size, model_wait = _model_choice(fit, spec)
+        model_size = _model_choice(fit, spec)
         if model_size < size:
             size = model_size
             note += (
                 f"; service time t(b) = {fit.intercept_s * 1e3:.1f} + "
                 f"{fit.per_item_s * 1e3:.2f}*b ms caps batch at {model_size}"
             )
-        # the wait follows the model only on a clear difference: no churn on fit noise
-        if not missed and abs(model_wait - wait) > max(1.0, 0.25 * wait):
-            wait = model_wait
-            note += f"; wait {wait:g} ms"
+    # The wait needs no service-time model. It follows the rule only on a clear difference
+    # (no churn), and not on a miss, where the correction above has the say.
+    chosen_wait = _chosen_wait_ms(spec)
+    if not missed and abs(chosen_wait - wait) > max(1.0, 0.25 * wait):
+        wait = chosen_wait
+        note += f"; wait {wait:g} ms"
     size = int(_clamp(size, spec.min_batch_size, spec.max_batch_size))
     wait = _clamp(wait, spec.min_wait_ms, spec.max_wait_ms)
     return size, wait, note

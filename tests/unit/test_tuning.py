@@ -136,6 +136,11 @@ def test_the_default_wait_is_the_specs_minimum() -> None:
     assert d.max_batch_size == 18
     floor = replace(spec, min_wait_ms=3.0)
     assert decide(obs(p95_ms=30), state(max_wait_ms=20.0), floor, now=0.0).max_wait_ms == 3.0
+    # the wait needs no service-time model: a judged window within target is enough
+    no_fit = decide(obs(p95_ms=80, fit=None), state(max_wait_ms=5.0), spec, now=0.0)
+    assert no_fit.max_wait_ms == 0.0
+    assert no_fit.config_changed
+    assert "wait 0 ms" in no_fit.reason
 
 
 def test_fast_scale_up_from_rate_and_queue() -> None:
@@ -163,10 +168,10 @@ def test_multiplicative_decrease_on_a_miss_without_overload() -> None:
 
 
 def test_one_window_missing_without_overload_is_a_stall_not_a_config_problem() -> None:
-    cur = state(max_batch_size=20, utilization_target=0.7)
+    cur = state(max_batch_size=20, max_wait_ms=10.0, utilization_target=0.7)
     missed = obs(p95_ms=380, util=0.5, fit=None)
     first = decide(missed, cur, SPEC, now=0.0)
-    assert (first.max_batch_size, first.max_wait_ms) == (20, 5.0)
+    assert (first.max_batch_size, first.max_wait_ms) == (20, 10.0)
     assert first.utilization_target == pytest.approx(0.7)
     assert first.replicas == 2
     assert "config held unless the next window misses too" in first.reason
@@ -469,7 +474,7 @@ def test_without_a_fit_the_busy_share_scales_up_only_when_batches_fill_or_pods_s
     assert decide(hot, state(replicas=2, max_batch_size=8), SPEC, now=0.0).replicas > 2
     # and it may always lower the count: the true need is at most what it says
     quiet = obs(rate=20, pods=4, batch=2.0, util=0.1, fit=None)
-    cur = state(replicas=4, max_batch_size=8)
+    cur = state(replicas=4, max_batch_size=8, max_wait_ms=10.0)
     for k in range(10):
         d = decide(quiet, cur, SPEC, now=k * SPEC.interval_s)
         cur = d.next_state(cur, k * SPEC.interval_s)
