@@ -44,8 +44,8 @@ TARGET_MS = 150.0
 PHASES: tuple[tuple[str, float, float], ...] = (
     # (name, until second, requests per second)
     ("quiet", 20.0, 4.0),
-    ("rush", 90.0, 45.0),
-    ("steady", 120.0, 20.0),
+    ("rush", 90.0, 90.0),
+    ("steady", 120.0, 40.0),
     ("night", 200.0, 2.0),
 )
 OUT = REPO / "bench" / "results"
