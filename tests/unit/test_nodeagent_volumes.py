@@ -61,7 +61,13 @@ def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
 
     def read() -> None:
         while not stop.is_set():
-            seen.add((target / "f").read_bytes())
+            try:
+                seen.add((target / "f").read_bytes())
+            except FileNotFoundError:
+                # A reader stalled inside open() through two whole writes finds its version
+                # gone, as with kubelet; the runtime's reload reads again on its next poll.
+                # The property here is that no read returns a partial or mixed file.
+                continue
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -72,6 +78,7 @@ def test_readers_never_see_a_partial_file(tmp_path: Path) -> None:
         stop.set()
         reader.join()
     assert seen <= set(contents)
+    assert len(seen) >= 2  # the reader did race the writer
 
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "..data/x"])
