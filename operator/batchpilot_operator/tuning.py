@@ -286,6 +286,11 @@ def _model_choice(fit: ServiceTimeFit, spec: TuningSpec) -> int:
     return best
 
 
+def _batches_fill(obs: Observation, max_batch_size: int) -> bool:
+    """Whether the executed batches reach the size limit (on average, 80% of it)."""
+    return obs.mean_batch_size is not None and obs.mean_batch_size >= 0.8 * max_batch_size
+
+
 def _choose_config(
     obs: Observation,
     current: CurrentState,
@@ -349,9 +354,7 @@ def _choose_config(
             f"p95 {p95_ms:.0f} ms > target {target_ms:g} ms under overload: "
             "batch kept, replicas carry it"
         )
-    elif p95_ms < spec.well_inside * target_ms and (
-        obs.mean_batch_size is not None and obs.mean_batch_size >= 0.8 * size
-    ):
+    elif p95_ms < spec.well_inside * target_ms and _batches_fill(obs, size):
         size = size + spec.increase_step
         note = (
             f"p95 {p95_ms:.0f} ms well inside {target_ms:g} ms and batches fill: "
@@ -519,7 +522,7 @@ def decide(
 
     # --- replicas: capacity of one replica at the chosen batch size
     busy = _utilization_target(obs, current, spec, p95_ms, enough, confirmed, now)
-    full = obs.mean_batch_size is not None and obs.mean_batch_size >= 0.8 * current.max_batch_size
+    full = _batches_fill(obs, current.max_batch_size)
     rec, load_note = _recommend_replicas(
         obs, spec, size, rate, demand, busy, saturated or full, current.replicas
     )
