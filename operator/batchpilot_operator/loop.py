@@ -9,10 +9,10 @@ Each tick (every ``spec.autoscaling.intervalSeconds``; a kopf daemon in
 4. apply it through the reconciler (``converge(adjust=...)``, under its per-object lock):
    replicas on the Deployment, the config in the ConfigMap, the observation, the config the
    pods report in force and the decision in status;
-5. after a config change, touch an annotation on every pod: the kubelet refreshes a mounted
-   ConfigMap only on its next sync of the pod, and a pod update starts one at once. The loop
-   then watches the pods' metrics until they all report the new generation, and records how
-   long that took (an Event, and :attr:`TickResult.propagation_s`).
+5. after a config change, touch an annotation on every pod, starting ones too: the kubelet
+   refreshes a mounted ConfigMap only on its next sync of the pod, and a pod update starts
+   one at once. The loop then watches the pods' metrics until they all report the new
+   generation, and records how long that took (an Event, and :attr:`TickResult.propagation_s`).
 
 The memory between ticks (the previous scrape, recent service-time points, the policy's
 timings) lives in :class:`TuningLoop`. It is lost when the operator restarts; the first tick
@@ -128,6 +128,14 @@ def ready_pod_targets(pods: list[dict[str, Any]], port: int = desired.PORT) -> d
             host = f"[{ip}]" if ":" in ip else ip
             targets[meta["name"]] = f"http://{host}:{port}/metrics"
     return targets
+
+
+def live_pod_names(pods: list[dict[str, Any]]) -> list[str]:
+    """Names of the pods not being deleted, ready or still starting: the ones a new config
+    must reach. A pod created before the ConfigMap write mounted the old config, and the
+    kubelet would refresh it only on its periodic sync, after it became ready."""
+    metas = [pod.get("metadata") or {} for pod in pods]
+    return sorted(m["name"] for m in metas if m.get("name") and not m.get("deletionTimestamp"))
 
 
 def in_force_config(obs: Observation, spec: api.BatchedModelSpec) -> BatchingConfig | None:
@@ -309,12 +317,15 @@ class TuningLoop:
             result.events.append(event)
             self.logger.info(f"{self.namespace}/{self.name}: {event.reason}: {event.message}")
 
-        if applied.config_generation > before.generation and targets:
-            self.pending = (applied.config_generation, self.clock())
+        live = live_pod_names(pods)
+        if applied.config_generation > before.generation and live:
+            written = self.clock()
             await asyncio.to_thread(
-                self.kube.touch_pods, self.namespace, sorted(targets), applied.config_generation
+                self.kube.touch_pods, self.namespace, live, applied.config_generation
             )
-            await self._watch_propagation(targets, result)
+            if targets:
+                self.pending = (applied.config_generation, written)
+                await self._watch_propagation(targets, result)
         elif self.pending is not None:
             self._check_propagation(obs, len(targets), result)
         return result

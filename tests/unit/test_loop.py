@@ -144,6 +144,7 @@ class FakeKube:
     pods: dict[str, FakePod]
     configmap: BatchingConfig | None = None
     status: dict[str, Any] = field(default_factory=dict)
+    starting: set[str] = field(default_factory=set)
     touched: list[tuple[list[str], int]] = field(default_factory=list)
     applied: list[dict[str, Any]] = field(default_factory=list)
     gone: bool = False
@@ -156,7 +157,10 @@ class FakeKube:
         return None if self.gone else self.bm()
 
     def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        return [pod(p, f"127.0.0.{i + 2}") for i, p in enumerate(sorted(self.pods))]
+        return [
+            pod(p, f"127.0.0.{i + 2}", ready=p not in self.starting)
+            for i, p in enumerate(sorted(self.pods))
+        ]
 
     def apply(
         self,
@@ -267,6 +271,32 @@ async def test_a_config_change_touches_the_pods_and_measures_propagation() -> No
     assert [e.reason for e in result.events] == ["Retuned", "ConfigInForce"]
     assert "generation 2 in force on 2 pod(s)" in result.events[1].message
     assert loop.pending is None
+
+
+async def test_a_config_change_reaches_pods_still_starting() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod(), "m-b": FakePod()}, starting={"m-b"})
+    started(kube)
+    kube.pods["m-b"].load_config(32, 0.005, 1)
+    loop = loop_for(kube, Clock())
+    loop.policy = lambda *_: Decision("retune", 2, 16, 2.0, "test", False, True, ())
+    result = await loop.tick()
+    assert result is not None
+    # m-b mounted generation 1 when it was created; it must not serve it once ready
+    assert kube.touched == [(["m-a", "m-b"], 2)]
+    assert "in force on 1 pod(s)" in result.events[-1].message  # only the ready one counted
+
+
+async def test_pods_being_deleted_are_not_touched() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod(), "m-b": FakePod()})
+    started(kube)
+    kube.list_pods = lambda ns, name: [  # type: ignore[method-assign]
+        pod("m-a", "127.0.0.2"),
+        pod("m-b", "127.0.0.3", deletionTimestamp="2026-01-01T00:00:00Z"),
+    ]
+    loop = loop_for(kube, Clock())
+    loop.policy = lambda *_: Decision("retune", 1, 16, 2.0, "test", False, True, ())
+    await loop.tick()
+    assert kube.touched == [(["m-a"], 2)]
 
 
 async def test_propagation_not_seen_within_the_tick_is_reported_by_a_later_one() -> None:
