@@ -50,6 +50,11 @@ class HpaPolicy:
     * scale-up: pods not yet ready count as zero load (the controller's damping), and at most
       ``max(100%, 4 pods)`` more per 15 s period;
     * scale-down: the highest recommendation of the last 300 s (stabilisation window).
+
+    The window starts with ``start_replicas`` recommended at time 0, as if the HPA had run at
+    the trace's first rate before it began. Without it, its first sync scales straight down
+    on an empty window, overloads, and the overload then holds ``max_replicas`` for 300 s:
+    through the step or spike, by accident of its own start.
     """
 
     target: float
@@ -66,6 +71,9 @@ class HpaPolicy:
     _samples: list[float] = field(default_factory=list)
     _recs: deque[tuple[float, int]] = field(default_factory=deque)
     _next_sync: float = 15.0
+
+    def __post_init__(self) -> None:
+        self._recs.append((0.0, self.start_replicas))
 
     def initial(self) -> tuple[int, BatchingConfig]:
         return self.start_replicas, self.config

@@ -256,6 +256,16 @@ def test_hpa_scale_down_waits_for_the_stabilisation_window() -> None:
     assert idle.scaled[0] == 1
 
 
+def test_hpa_starts_with_its_start_replicas_in_the_window() -> None:
+    p = HpaPolicy(4.0, BatchingConfig(), min_replicas=1, max_replicas=20, start_replicas=4)
+    idle = FakeCluster([0, 0, 0, 0])
+    for k in range(1, 21):  # up to 300 s: the start recommendation is still in the window
+        sync(p, idle, 15.0 * k)
+    assert idle.scaled == []
+    sync(p, idle, 315.0)
+    assert idle.scaled == [1]
+
+
 def test_batchpilot_policy_follows_a_step_through_real_metrics() -> None:
     spec = TuningSpec(
         latency_target_ms=100.0,
