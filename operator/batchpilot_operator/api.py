@@ -345,7 +345,11 @@ class Autoscaling(_Base):
         default=120,
         ge=0,
         le=86_400,
-        description="How long the load must stay low before replicas are removed.",
+        description=(
+            "How long the load must stay low before replicas are removed. The loop doubles it"
+            " (up to 4x) when the load comes back within it after a scale-down, and halves"
+            " it back on a later scale-up."
+        ),
     )
 
     @model_validator(mode="after")

@@ -22,7 +22,10 @@ actuation. It
    ``debt_payback_s``), at that utilisation. A missing pod is assumed to carry the mean
    load of the pods that answered, and partial data may only scale up;
 5. scales up at once; scales down only to the highest recommendation of the last
-   ``scale_down_delay_s`` (which must be covered by observations), by a bounded step;
+   ``scale_down_delay_s`` (which must be covered by observations), by a bounded step. A
+   scale-up within that delay after a scale-down (a flap: bursts with gaps about the
+   delay's length) doubles the delay for the next scale-down, up to ``max_delay_factor``
+   times; a later scale-up halves it back;
 6. never changes the config while the pods still report an older generation than the one
    last written, does not touch the config on too few latency samples, and judges a p95
    only on a window that ran the current config from its start;
@@ -88,6 +91,8 @@ class TuningSpec:
     interval, if longer)."""
     scale_down_step: float = 0.25
     """Most replicas removed in one decision, as a share of the current count (at least 1)."""
+    max_delay_factor: float = 4.0
+    """How far flaps may lengthen the scale-down delay, as a multiple of the spec's."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -162,6 +167,9 @@ class CurrentState:
     last_miss: float | None = None
     """When a judged window last missed the target without overload: a second miss in a row
     confirms it."""
+    scale_down_delay_s: float | None = None
+    """The scale-down delay in force: doubled by a flap (a scale-up within the spec's delay
+    after a scale-down), halved by a scale-up that is not one. None: the spec's."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,8 @@ class Decision:
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
     last_miss: float | None = None
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
+    scale_down_delay_s: float | None = None
+    """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
 
     def next_state(self, current: CurrentState, now: float) -> CurrentState:
         """The state to keep once this decision is applied: a config change bumps the
@@ -203,6 +213,7 @@ class Decision:
             utilization_target=self.utilization_target,
             last_overload=self.last_overload,
             last_miss=self.last_miss,
+            scale_down_delay_s=self.scale_down_delay_s,
         )
 
 
@@ -261,6 +272,7 @@ def _decision(
         utilization_target=current.utilization_target,
         last_overload=current.last_overload,
         last_miss=current.last_miss,
+        scale_down_delay_s=current.scale_down_delay_s,
     )
 
 
@@ -463,6 +475,25 @@ def _utilization_target(
     return _clamp(busy, spec.min_utilization, spec.max_utilization)
 
 
+def _delay_after_scale_up(
+    current: CurrentState, spec: TuningSpec, now: float, delay: float, notes: list[str]
+) -> float:
+    """The scale-down delay once this scale-up is applied. A scale-up within the spec's delay
+    after a scale-down is a flap: the load came back before the replicas could have started,
+    so the next scale-down waits twice as long (bursts with gaps about the delay's length).
+    A scale-up after a longer quiet spell halves it back."""
+    down = current.last_scale_down
+    if down is not None and now - down < spec.scale_down_delay_s:
+        longer = min(2 * delay, spec.max_delay_factor * spec.scale_down_delay_s)
+        if longer > delay:
+            notes.append(
+                f"load back {now - down:.0f} s after a scale-down: "
+                f"scale-down delay {delay:g} -> {longer:g} s"
+            )
+        return longer
+    return max(spec.scale_down_delay_s, delay / 2)
+
+
 def decide(
     observation: Observation | None, current: CurrentState, spec: TuningSpec, now: float
 ) -> Decision:
@@ -541,42 +572,40 @@ def decide(
     notes.append(load_note)
 
     # --- stabilise: up now, down only after the delay, by a bounded step
-    keep_from = now - spec.scale_down_delay_s - spec.interval_s
-    recs = (*((t, r) for t, r in current.recommendations if t >= keep_from), (now, rec))
     replicas = int(_clamp(current.replicas, spec.min_replicas, spec.max_replicas))
+    delay = _clamp(
+        current.scale_down_delay_s or spec.scale_down_delay_s,
+        spec.scale_down_delay_s,
+        spec.max_delay_factor * spec.scale_down_delay_s,
+    )
+    keep_from = now - delay - spec.interval_s
+    recs = (*((t, r) for t, r in current.recommendations if t >= keep_from), (now, rec))
     if rec > replicas:
         replicas = rec
         notes.append(f"scale up to {rec}")
+        delay = _delay_after_scale_up(current, spec, now, delay, notes)
     elif rec < replicas:
-        window = [r for t, r in recs if t > now - spec.scale_down_delay_s]
-        covered = min(t for t, _ in recs) <= now - spec.scale_down_delay_s
-        recent_up = (
-            current.last_scale_up is not None
-            and now - current.last_scale_up < spec.scale_down_delay_s
-        )
+        window = [r for t, r in recs if t > now - delay]
+        covered = min(t for t, _ in recs) <= now - delay
+        recent_up = current.last_scale_up is not None and now - current.last_scale_up < delay
         gen = obs.min_config_generation
         if not obs.complete or obs.pods_expected < current.replicas:
             notes.append(f"{rec} would do, but no scale-down while pods are unobserved")
         elif gen is None or gen < current.generation:
             notes.append(f"{rec} would do, but no scale-down while a config change is pending")
         elif not covered or recent_up:
-            notes.append(
-                f"{rec} would do; waiting for {spec.scale_down_delay_s:g} s of low load "
-                "before scaling down"
-            )
+            notes.append(f"{rec} would do; waiting for {delay:g} s of low load before scaling down")
         else:
             step = max(1, math.floor(replicas * spec.scale_down_step))
             target = max(max(window), replicas - step)
             if target < replicas:
                 notes.append(
-                    f"load low for {spec.scale_down_delay_s:g} s: scale down to {target} "
+                    f"load low for {delay:g} s: scale down to {target} "
                     f"(highest recent need {max(window)})"
                 )
                 replicas = target
             else:
-                notes.append(
-                    f"highest need in the last {spec.scale_down_delay_s:g} s is {max(window)}"
-                )
+                notes.append(f"highest need in the last {delay:g} s is {max(window)}")
     replicas = int(_clamp(replicas, spec.min_replicas, spec.max_replicas))
     reason = "; ".join(n for n in notes if n)
     return replace(
@@ -584,4 +613,5 @@ def decide(
         utilization_target=busy,
         last_overload=last_overload,
         last_miss=last_miss,
+        scale_down_delay_s=delay,
     )

@@ -244,10 +244,10 @@ def test_missing_pods_are_assumed_loaded_and_block_scale_down() -> None:
 
 
 def run_ticks(
-    rates: list[float], cur: CurrentState, spec: TuningSpec = SPEC
+    rates: list[float], cur: CurrentState, spec: TuningSpec = SPEC, start: float = 0.0
 ) -> tuple[list[Decision], CurrentState]:
     decisions = []
-    now = 0.0
+    now = start
     for r in rates:
         d = decide(obs(rate=r, pods=cur.replicas, generation=cur.generation), cur, spec, now=now)
         cur = d.next_state(cur, now)
@@ -286,6 +286,33 @@ def test_no_scale_down_soon_after_a_scale_up() -> None:
     )
     d = decide(obs(rate=10, pods=6), cur, SPEC, now=0.0)
     assert d.replicas == 6
+
+
+def test_load_back_soon_after_a_scale_down_doubles_the_delay() -> None:
+    # low for the delay: a scale-down; the load back 15 s later: a flap
+    rates = [50.0] * 10 + [1000.0]
+    decisions, cur = run_ticks(rates, state(replicas=4))
+    down = next(i for i, d in enumerate(decisions) if d.replicas < 4)
+    assert decisions[-1].replicas > decisions[-2].replicas
+    assert "scale-down delay 120 -> 240 s" in decisions[-1].reason
+    assert cur.scale_down_delay_s == 240.0
+    # the next scale-down waits 240 s of low load, not 120
+    after, cur = run_ticks([50.0] * 20, cur, start=len(rates) * SPEC.interval_s)
+    first_down = next(i for i, d in enumerate(after) if d.replicas < decisions[-1].replicas)
+    assert (first_down + 1) * SPEC.interval_s >= 240.0
+    assert "load low for 240 s" in after[first_down].reason
+    assert down * SPEC.interval_s >= 120.0
+
+
+def test_the_lengthened_delay_is_capped_and_a_late_scale_up_halves_it() -> None:
+    flap = state(replicas=2, last_scale_down=-15.0, scale_down_delay_s=480.0)
+    d = decide(obs(rate=1000.0, pods=2), flap, SPEC, now=0.0)
+    assert d.replicas > 2
+    assert d.scale_down_delay_s == 480.0  # 4x the spec's at most
+    late = state(replicas=2, last_scale_down=-600.0, scale_down_delay_s=480.0)
+    d = decide(obs(rate=1000.0, pods=2), late, SPEC, now=0.0)
+    assert d.replicas > 2
+    assert d.scale_down_delay_s == 240.0
 
 
 def test_bounds_are_always_respected() -> None:
