@@ -86,6 +86,10 @@ class TuningSpec:
     """A p95 under this share of the target is well inside."""
     overload_utilization: float = 0.9
     """Busy share above which a p95 miss is overload (more replicas, not smaller batches)."""
+    outside_share: float = 0.5
+    """A p95 miss of which more than this share of the target is spent outside the batcher
+    (the p95 minus the p95 queue wait and the mean batch time: the HTTP layer, an event
+    loop short of CPU) is overload of the pod, not a batch size problem."""
     debt_payback_s: float = 30.0
     """The queue is debt: replicas are added to pay it back within this long (or one
     interval, if longer)."""
@@ -494,6 +498,16 @@ def _delay_after_scale_up(
     return max(spec.scale_down_delay_s, delay / 2)
 
 
+def _outside_batcher_ms(obs: Observation) -> float | None:
+    """The part of the request p95 not spent queueing for a batch or running one."""
+    if obs.latency_p95_s is None or obs.queue_wait_p95_s is None:
+        return None
+    if obs.mean_batch_duration_s is None:
+        return None
+    inside = obs.queue_wait_p95_s + obs.mean_batch_duration_s
+    return max(0.0, obs.latency_p95_s - inside) * 1000
+
+
 def decide(
     observation: Observation | None, current: CurrentState, spec: TuningSpec, now: float
 ) -> Decision:
@@ -517,13 +531,26 @@ def decide(
     p95_ms = obs.latency_p95_s * 1000 if obs.latency_p95_s is not None else None
     enough = obs.latency_samples >= spec.min_latency_samples and p95_ms is not None
     util = obs.utilization
-    # A miss is overload when the replicas are saturated or the queue holds more than a
-    # batch per pod; or when it is the tail of such a backlog: replicas were just added, or
+    missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
+    outside_ms = _outside_batcher_ms(obs)
+    starved = missed and outside_ms is not None and outside_ms > spec.outside_share * (
+        spec.latency_target_ms
+    )
+    if starved:
+        notes.append(
+            f"p95 {p95_ms:.0f} ms, {outside_ms:.0f} ms of it outside the batcher "
+            "(the HTTP layer short of CPU): overload, not the batch size"
+        )
+    # A miss is overload when the replicas are saturated, the queue holds more than a batch
+    # per pod, or the time is lost outside the batcher (a smaller batch only costs capacity
+    # there); or when it is the tail of such a backlog: replicas were just added, or
     # overload was seen within a window plus the p95 (the requests answered now waited
     # through it). More replicas, not smaller batches, fix those.
     saturated = (
-        util is not None and util >= spec.overload_utilization
-    ) or obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
+        (util is not None and util >= spec.overload_utilization)
+        or obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
+        or starved
+    )
     last_overload = now if saturated else current.last_overload
     just_scaled = (
         current.last_scale_up is not None and now - current.last_scale_up < 3 * spec.interval_s
@@ -533,7 +560,6 @@ def decide(
         and now - current.last_overload <= spec.interval_s + (p95_ms or 0.0) / 1000
     )
     overloaded = saturated or just_scaled or tail
-    missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
     # A miss without overload is acted on only when the judged window before missed too:
     # the p95 of one window is the mark a single stall (a paused process, a noisy neighbour)
     # leaves, and answering it with smaller batches and more replicas costs for minutes.

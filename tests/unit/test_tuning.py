@@ -197,6 +197,24 @@ def test_a_miss_under_overload_adds_replicas_not_smaller_batches() -> None:
     assert "overload" in d.reason
 
 
+def test_a_miss_spent_outside_the_batcher_adds_a_replica_and_keeps_the_batch() -> None:
+    # p95 150 ms against 100: queue wait and batch time account for 10 + 20 ms of it, the
+    # rest is the HTTP layer short of CPU (a smaller batch would only cost capacity)
+    cur = state(max_batch_size=20, last_miss=-SPEC.interval_s)
+    base = obs(p95_ms=150, util=0.5, fit=None, batch=8)  # mean batch time 20 ms
+    starved = replace(base, queue_wait_p95_s=0.010)
+    d = decide(starved, cur, SPEC, now=0.0)
+    assert d.max_batch_size == 20
+    assert d.replicas == 3  # one more
+    assert "outside the batcher" in d.reason
+    assert d.last_overload == 0.0  # remembered: the next windows are its tail
+    # the same p95 spent queueing for the batcher: the batch is what is slow
+    queued = replace(base, queue_wait_p95_s=0.120)
+    d = decide(queued, cur, SPEC, now=0.0)
+    assert d.max_batch_size == 14
+    assert "outside the batcher" not in d.reason
+
+
 def test_additive_increase_only_when_batches_fill() -> None:
     full = decide(obs(p95_ms=30, batch=8, fit=None), state(max_batch_size=8), SPEC, now=0.0)
     assert full.max_batch_size == 10
