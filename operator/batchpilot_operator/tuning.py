@@ -533,8 +533,10 @@ def decide(
     util = obs.utilization
     missed = enough and p95_ms is not None and p95_ms > spec.latency_target_ms
     outside_ms = _outside_batcher_ms(obs)
-    starved = missed and outside_ms is not None and outside_ms > spec.outside_share * (
-        spec.latency_target_ms
+    starved = (
+        missed
+        and outside_ms is not None
+        and outside_ms > spec.outside_share * (spec.latency_target_ms)
     )
     if starved:
         notes.append(
