@@ -582,7 +582,8 @@ Produced by `{command}` ({elapsed:.0f} s on this machine); the validation by
   wait 0..50 ms.
 - HPA: the Kubernetes algorithm (15 s sync, tolerance 0.1, scale-up by at most max(100%, 4
   pods) per period, pods not ready count as idle for scale-up, 300 s scale-down
-  stabilisation) on the mean queue depth per ready replica; target and batch config swept
+  stabilisation whose window starts with the start replicas, as after a steady spell at
+  the first rate) on the mean queue depth per ready replica; target and batch config swept
   per trace, the cheapest setting with p95 within the target kept (sweep below).
 {floor_setup}- Static: {n_static} fixed replicas, the fewest that hold 99% within target at the
   peak, with the swept batching config that needs the fewest (batch {static_cfg[0]}, wait
