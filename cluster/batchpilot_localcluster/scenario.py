@@ -187,7 +187,13 @@ def model_events(cluster: LocalCluster, namespace: str, name: str) -> list[JSON]
         f"/api/v1/namespaces/{namespace}/events",
         {"fieldSelector": f"involvedObject.uid={uid},involvedObject.kind=BatchedModel"},
     )["items"]
-    return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return oldest_first(items)
+
+
+def oldest_first(events: list[JSON]) -> list[JSON]:
+    """Events in the order they happened. ``lastTimestamp`` is stored to the second, so
+    ``eventTime`` (microseconds, set by kopf) decides first where there is one."""
+    return sorted(events, key=lambda e: e.get("eventTime") or e.get("lastTimestamp") or "")
 
 
 async def drive(

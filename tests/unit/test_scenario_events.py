@@ -1,0 +1,22 @@
+"""The order of a BatchedModel's Events in the demo and e2e summaries."""
+
+from __future__ import annotations
+
+from batchpilot_localcluster.scenario import oldest_first
+
+
+def test_events_within_one_second_keep_the_order_they_happened() -> None:
+    # the API server stores lastTimestamp to the second; kopf's eventTime has microseconds
+    retuned = {
+        "reason": "Retuned",
+        "lastTimestamp": "2026-11-27T06:58:30Z",
+        "eventTime": "2026-11-27T06:58:30.120000Z",
+    }
+    in_force = {
+        "reason": "ConfigInForce",
+        "lastTimestamp": "2026-11-27T06:58:30Z",
+        "eventTime": "2026-11-27T06:58:30.480000Z",
+    }
+    earlier = {"reason": "Scheduled", "lastTimestamp": "2026-11-27T06:58:29Z", "eventTime": None}
+    ordered = oldest_first([in_force, retuned, earlier])
+    assert [e["reason"] for e in ordered] == ["Scheduled", "Retuned", "ConfigInForce"]
