@@ -536,7 +536,7 @@ def decide(
     starved = (
         missed
         and outside_ms is not None
-        and outside_ms > spec.outside_share * (spec.latency_target_ms)
+        and outside_ms > spec.outside_share * spec.latency_target_ms
     )
     if starved:
         notes.append(
