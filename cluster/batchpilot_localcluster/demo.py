@@ -44,7 +44,7 @@ TARGET_MS = 150.0
 PHASES: tuple[tuple[str, float, float], ...] = (
     # (name, until second, requests per second)
     ("quiet", 20.0, 4.0),
-    ("rush", 90.0, 90.0),
+    ("rush", 90.0, 60.0),
     ("steady", 120.0, 40.0),
     ("night", 200.0, 2.0),
 )
