@@ -500,12 +500,10 @@ def _delay_after_scale_up(
 
 def _outside_batcher_ms(obs: Observation) -> float | None:
     """The part of the request p95 not spent queueing for a batch or running one."""
-    if obs.latency_p95_s is None or obs.queue_wait_p95_s is None:
+    p95, wait, batch = obs.latency_p95_s, obs.queue_wait_p95_s, obs.mean_batch_duration_s
+    if p95 is None or wait is None or batch is None:
         return None
-    if obs.mean_batch_duration_s is None:
-        return None
-    inside = obs.queue_wait_p95_s + obs.mean_batch_duration_s
-    return max(0.0, obs.latency_p95_s - inside) * 1000
+    return max(0.0, p95 - wait - batch) * 1000
 
 
 def decide(
