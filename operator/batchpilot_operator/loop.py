@@ -48,6 +48,8 @@ LOGGER = logging.getLogger("batchpilot.loop")
 
 HISTORY_PER_BAND = 8
 """Per-pod service-time points kept for the fit in each batch-size band."""
+TEMPLATE_LABEL = "pod-template-hash"
+"""The label the Deployment controller gives each pod: one value per pod template."""
 PROPAGATION_POLL_S = 0.25
 """How often the pods' metrics are read while a new config propagates."""
 PROPAGATION_TIMEOUT_S = 10.0
@@ -138,6 +140,16 @@ def live_pod_names(pods: list[dict[str, Any]]) -> list[str]:
     return sorted(m["name"] for m in metas if m.get("name") and not m.get("deletionTimestamp"))
 
 
+def pod_templates(pods: list[dict[str, Any]]) -> frozenset[str]:
+    """The pod templates (``pod-template-hash``) of the pods not being deleted."""
+    metas = [pod.get("metadata") or {} for pod in pods]
+    return frozenset(
+        (m.get("labels") or {})[TEMPLATE_LABEL]
+        for m in metas
+        if TEMPLATE_LABEL in (m.get("labels") or {}) and not m.get("deletionTimestamp")
+    )
+
+
 def in_force_config(obs: Observation, spec: api.BatchedModelSpec) -> BatchingConfig | None:
     """The batching config the pods report running: the oldest generation among them, so
     status never shows a config as in force before every pod runs it. None if none report."""
@@ -224,6 +236,8 @@ class TuningLoop:
         self.logger = logger
         self.previous: Scrape | None = None
         self.history = ServiceHistory(per_band=HISTORY_PER_BAND)
+        self.history_template: str | None = None
+        """The pod template the service-time history was measured on."""
         self.state: CurrentState | None = None
         self.pending: tuple[int, float] | None = None
         """(generation, time written) of a config not yet reported by every pod."""
@@ -254,6 +268,22 @@ class TuningLoop:
             generation=tuned.config_generation,
         )
 
+    def _follow_template(self, templates: frozenset[str]) -> None:
+        """Forget the service times measured on another pod template once a rollout to a
+        new one has finished: ``t(b)`` belongs to the image, the model and the resources,
+        and bands the new pods would not revisit for hours would keep the old speed. During
+        the rollout both templates serve, and their points are kept."""
+        if len(templates) != 1:
+            return
+        (template,) = templates
+        if self.history_template not in (None, template):
+            self.logger.info(
+                f"{self.namespace}/{self.name}: pods now run template {template}; "
+                "the service-time history restarts"
+            )
+            self.history = ServiceHistory(per_band=HISTORY_PER_BAND)
+        self.history_template = template
+
     async def tick(self) -> TickResult | None:
         """Observe, decide and apply once. None when the BatchedModel is gone."""
         bm = await asyncio.to_thread(self.kube.read, self.namespace, self.name)
@@ -262,6 +292,7 @@ class TuningLoop:
         spec = TuningSpec.from_autoscaling(bm.spec.autoscaling)
         pods = await asyncio.to_thread(self.kube.list_pods, self.namespace, self.name)
         targets = ready_pod_targets(pods)
+        self._follow_template(pod_templates(pods))
         scrape = await self.scrape(targets)
         obs = observe(self.previous, scrape, history=self.history.points())
         self.previous = scrape

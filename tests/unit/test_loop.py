@@ -19,6 +19,7 @@ from batchpilot_operator.loop import (
     decision_event,
     in_force_config,
     observation_status,
+    pod_templates,
     ready_pod_targets,
 )
 from batchpilot_operator.metrics import Scrape, observe
@@ -48,6 +49,15 @@ def test_targets_are_the_ready_pods_with_an_address() -> None:
         "a": "http://127.0.0.2:8080/metrics",
         "e": "http://[fd00::5]:8080/metrics",
     }
+
+
+def test_templates_are_those_of_the_pods_not_being_deleted() -> None:
+    pods = [
+        pod("a", labels={"pod-template-hash": "new"}),
+        pod("b", labels={"pod-template-hash": "old"}, deletionTimestamp="2026-01-01T00:00:00Z"),
+        pod("c"),
+    ]
+    assert pod_templates(pods) == {"new"}
 
 
 def body(**autoscaling: Any) -> dict[str, Any]:
@@ -145,6 +155,8 @@ class FakeKube:
     configmap: BatchingConfig | None = None
     status: dict[str, Any] = field(default_factory=dict)
     starting: set[str] = field(default_factory=set)
+    templates: dict[str, str] = field(default_factory=dict)
+    """Pod name -> its ``pod-template-hash`` label (none when absent)."""
     touched: list[tuple[list[str], int]] = field(default_factory=list)
     applied: list[dict[str, Any]] = field(default_factory=list)
     gone: bool = False
@@ -157,8 +169,13 @@ class FakeKube:
         return None if self.gone else self.bm()
 
     def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        def labels(p: str) -> dict[str, Any]:
+            if p not in self.templates:
+                return {}
+            return {"labels": {"pod-template-hash": self.templates[p]}}
+
         return [
-            pod(p, f"127.0.0.{i + 2}", ready=p not in self.starting)
+            pod(p, f"127.0.0.{i + 2}", ready=p not in self.starting, **labels(p))
             for i, p in enumerate(sorted(self.pods))
         ]
 
@@ -382,3 +399,35 @@ async def test_a_change_made_outside_the_loop_restarts_its_memory() -> None:
     assert current.replicas == 3
     assert current.recommendations == ()  # the scale-down delay counts from now
     assert current.last_scale_up is None
+
+
+async def test_a_finished_rollout_to_a_new_template_restarts_the_service_history() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod(), "m-b": FakePod()})
+    kube.templates = {"m-a": "v1", "m-b": "v1"}
+    started(kube)
+    clock = Clock()
+    loop = loop_for(kube, clock)
+    loop.policy = lambda _obs, cur, *_: Decision(
+        "hold", cur.replicas, cur.max_batch_size, cur.max_wait_ms, "test", False, False, ()
+    )
+
+    async def window(batch_s: float) -> None:
+        clock.now += 5.0
+        for p in kube.pods.values():
+            p.serve(80, latency_s=2 * batch_s, batch_size=8, batch_s=batch_s)
+        await loop.tick()
+
+    await loop.tick()
+    for _ in range(3):
+        await window(0.05)
+    assert len(loop.history) == 6  # two pods, three windows
+    kube.templates = {"m-a": "v1", "m-b": "v2"}  # the rollout: both serve
+    await window(0.05)
+    assert len(loop.history) == 8
+    kube.templates = {"m-a": "v2", "m-b": "v2"}  # done: the new image is twice as fast
+    await window(0.025)
+    durations = {round(p.duration_s, 4) for p in loop.history.points()}
+    assert durations == {0.025}
+    assert len(loop.history) == 2
+    await window(0.025)
+    assert len(loop.history) == 4  # the same template again: kept
