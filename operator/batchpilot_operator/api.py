@@ -471,6 +471,25 @@ class TunedStatus(_Base):
     )
 
 
+class LoopMemory(_Base):
+    """What the tuning loop has learnt beyond the knobs, kept so that an operator restart
+    resumes from it instead of from the defaults."""
+
+    utilization_target: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Busy share replicas are sized for, moved by the measured p95 (the headroom)."
+        ),
+    )
+    scale_down_delay_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="The scale-down delay in force: the spec's, lengthened after flaps.",
+    )
+
+
 class BatchedModelStatus(_Base):
     """The observed state of a BatchedModel, written by the operator."""
 
@@ -514,6 +533,10 @@ class BatchedModelStatus(_Base):
     tuned: TunedStatus | None = Field(
         default=None,
         description="The operator's tuned state (replicas, batch size, wait, config generation).",
+    )
+    loop: LoopMemory | None = Field(
+        default=None,
+        description="What the tuning loop has learnt (resumed from after an operator restart).",
     )
     conditions: list[Condition] | None = Field(
         default=None, description="Ready, Progressing and Degraded, with reasons."

@@ -38,7 +38,14 @@ ImageNotRunnable, ...) is a problem worth a Degraded condition."""
 MAX_MESSAGE = 1024
 IN_FORCE_KEYS = ("maxBatchSize", "maxWaitMs", "configGeneration")
 """Status fields that show the batching config in force."""
-LOOP_KEYS = ("requestsPerSecond", "queueDepth", "avgBatchSize", "p95LatencyMs", "lastDecision")
+LOOP_KEYS = (
+    "requestsPerSecond",
+    "queueDepth",
+    "avgBatchSize",
+    "p95LatencyMs",
+    "lastDecision",
+    "loop",
+)
 """Status fields only the tuning loop writes (cleared when autoscaling is off)."""
 
 

@@ -187,6 +187,16 @@ def observation_status(obs: Observation | None) -> dict[str, Any]:
     return out
 
 
+def loop_memory_status(d: Decision) -> dict[str, Any] | None:
+    """``status.loop``: what the loop learnt, for a new operator process to resume from."""
+    util, delay = d.utilization_target, d.scale_down_delay_s
+    memory = api.LoopMemory(
+        utilization_target=None if util is None else round(util, 4),
+        scale_down_delay_seconds=None if delay is None else round(delay, 1),
+    ).model_dump(by_alias=True, exclude_none=True)
+    return memory or None
+
+
 def decision_event(before: CurrentState, d: Decision) -> LoopEvent | None:
     """The Event recording a decision that changes something (None for a hold)."""
     if not (d.replicas_changed or d.config_changed):
@@ -242,11 +252,20 @@ class TuningLoop:
         self.pending: tuple[int, float] | None = None
         """(generation, time written) of a config not yet reported by every pod."""
 
-    def current(self, tuned: TunedState) -> CurrentState:
+    def current(self, tuned: TunedState, memory: api.LoopMemory | None = None) -> CurrentState:
         """The policy's state: the knobs as the reconciler last applied them, with the loop's
         own memory of timings and recent recommendations; that memory is dropped when the
-        knobs were moved outside the loop (a spec edit, ``kubectl scale``)."""
+        knobs were moved outside the loop (a spec edit, ``kubectl scale``). A loop that has
+        not decided yet (a new operator process) resumes the headroom and scale-down delay
+        from ``memory``, the status an earlier one wrote."""
         knobs = _knobs(tuned)
+        if self.state is None and memory is not None:  # only before the first decision
+            self.state = CurrentState(
+                *knobs,
+                generation=tuned.config_generation,
+                utilization_target=memory.utilization_target,
+                scale_down_delay_s=memory.scale_down_delay_seconds,
+            )
         if self.state is not None and knobs != (
             self.state.replicas,
             self.state.max_batch_size,
@@ -302,7 +321,7 @@ class TuningLoop:
             self.logger.info(f"{self.namespace}/{self.name}: no metrics from {pod}: {why}")
 
         tuned = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
-        before = self.current(tuned)
+        before = self.current(tuned, bm.status.loop)
         now = self.clock()
         decision = self.policy(obs, before, spec, now)
         result.decision = decision
@@ -325,6 +344,7 @@ class TuningLoop:
                 "action": decision.action,
                 "reason": decision.reason[:4096],
             },
+            "loop": loop_memory_status(decision),
         }
         applied = await asyncio.to_thread(
             self.kube.apply,

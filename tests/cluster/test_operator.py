@@ -692,12 +692,13 @@ def test_tuning_hook_applies_a_decision_that_persists(
         return replace(state, replicas=3, max_batch_size=64, max_wait_ms=8.0)
 
     decision = {"time": "2026-01-01T00:00:00Z", "action": "scale-up", "reason": "queue grows"}
+    learnt = {"utilizationTarget": 0.75, "scaleDownDelaySeconds": 240.0}
     done = handlers.converge(
         namespace,
         "tuned",
         api_clients=clients,
         adjust=decide,
-        extra_status={"lastDecision": decision},
+        extra_status={"lastDecision": decision, "loop": learnt},
     )
     assert done is not None
     assert done.state == TunedState(3, 64, 8.0, 2)
@@ -712,6 +713,7 @@ def test_tuning_hook_applies_a_decision_that_persists(
     status = models.must("batchedmodel", "tuned")["status"]
     assert status["tuned"]["replicas"] == 3
     assert status["lastDecision"] == decision
+    assert status["loop"] == learnt  # in the CRD's schema: not pruned
     # What the pods report running (the loop reads it from their metrics) is what status
     # shows as in force; a reconcile that does not know it leaves it alone.
     reported = BatchingConfig(maxBatchSize=32, maxWaitMs=5.0, generation=1)
@@ -753,4 +755,5 @@ def test_tuning_hook_applies_a_decision_that_persists(
     handlers.converge(namespace, "tuned", api_clients=clients)
     status = models.must("batchedmodel", "tuned")["status"]
     assert "lastDecision" not in status
+    assert "loop" not in status
     assert status["tuned"]["replicas"] == 1  # the spec's value again

@@ -171,6 +171,7 @@ def test_load_step_retunes_batching_and_idle_replicas_go_after_the_delay(
     assert status["lastDecision"]["action"] in ("scale-down", "hold", "scale-down+retune")
     assert status["lastDecision"]["reason"]
     assert {"requestsPerSecond", "queueDepth", "p95LatencyMs"} <= set(status)
+    assert 0 < status["loop"]["utilizationTarget"] <= 1  # for a restarted operator to resume
     # The Events follow the status write.
     wait_for(lambda: has_event(cluster, namespace, "ScaledDown"), timeout=15, what="ScaledDown")
     reasons = [e["reason"] for e in model_events(cluster, namespace, NAME)]

@@ -431,3 +431,55 @@ async def test_a_finished_rollout_to_a_new_template_restarts_the_service_history
     assert len(loop.history) == 2
     await window(0.025)
     assert len(loop.history) == 4  # the same template again: kept
+
+
+async def test_a_new_loop_resumes_the_headroom_and_delay_an_earlier_one_learnt() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+    clock = Clock()
+    seen: list[CurrentState] = []
+
+    def learnt(_obs: Any, cur: CurrentState, *_: Any) -> Decision:
+        seen.append(cur)
+        return Decision(
+            *("hold", cur.replicas, cur.max_batch_size, cur.max_wait_ms, "t", False, False, ()),
+            utilization_target=0.8,
+            scale_down_delay_s=240.0,
+        )
+
+    first = loop_for(kube, clock)
+    first.policy = learnt
+    await first.tick()
+    assert kube.status["loop"] == {"utilizationTarget": 0.8, "scaleDownDelaySeconds": 240.0}
+    assert (seen[0].utilization_target, seen[0].scale_down_delay_s) == (None, None)
+
+    restarted = loop_for(kube, clock)  # a new operator process: no memory but the status
+    restarted.policy = learnt
+    await restarted.tick()
+    assert (seen[1].utilization_target, seen[1].scale_down_delay_s) == (0.8, 240.0)
+    assert (seen[1].replicas, seen[1].generation) == (1, 1)
+
+
+async def test_a_change_made_outside_the_loop_does_not_resume_the_old_memory() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+    kube.status["loop"] = {"utilizationTarget": 0.8, "scaleDownDelaySeconds": 240.0}
+    seen: list[CurrentState] = []
+
+    def hold(_obs: Any, cur: CurrentState, *_: Any) -> Decision:
+        seen.append(cur)  # and carries the memory over, as the policy's holds do
+        return Decision(
+            *("hold", cur.replicas, cur.max_batch_size, cur.max_wait_ms, "t", False, False, ()),
+            utilization_target=cur.utilization_target,
+            scale_down_delay_s=cur.scale_down_delay_s,
+        )
+
+    loop = loop_for(kube, Clock())
+    loop.policy = hold
+    await loop.tick()
+    assert seen[-1].utilization_target == 0.8
+    assert kube.status["loop"] == {"utilizationTarget": 0.8, "scaleDownDelaySeconds": 240.0}
+    kube.status["tuned"] = {**kube.status["tuned"], "replicas": 3}  # kubectl scale
+    await loop.tick()
+    assert seen[-1].replicas == 3
+    assert seen[-1].utilization_target is None
