@@ -25,7 +25,9 @@ actuation. It
    ``scale_down_delay_s`` (which must be covered by observations), by a bounded step. A
    scale-up within that delay after a scale-down (a flap: bursts with gaps about the
    delay's length) doubles the delay for the next scale-down, up to ``max_delay_factor``
-   times; a later scale-up halves it back;
+   times; a later scale-up halves it back. When the recommendations fell steadily through
+   the whole delay (a load tapering off, not a burst that ended), the scale-down follows
+   the highest of the last ``taper_share`` of it;
 6. never changes the config while the pods still report an older generation than the one
    last written, does not touch the config on too few latency samples, and judges a p95
    only on a window that ran the current config from its start;
@@ -40,6 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 from batchpilot_operator.metrics import Observation, ServiceTimeFit
@@ -97,6 +100,13 @@ class TuningSpec:
     """Most replicas removed in one decision, as a share of the current count (at least 1)."""
     max_delay_factor: float = 4.0
     """How far flaps may lengthen the scale-down delay, as a multiple of the spec's."""
+    taper_share: float = 0.25
+    """When the need fell steadily through the whole delay (see ``taper_step``), replicas
+    follow it down to the highest need of this share of the delay: a load tapering off is
+    not a burst that ended and may come back."""
+    taper_step: float = 0.1
+    """A steady fall: the need never rose, fell by at most this share (at least one
+    replica) from one tick to the next, and by two replicas or more in all."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -498,6 +508,14 @@ def _delay_after_scale_up(
     return max(spec.scale_down_delay_s, delay / 2)
 
 
+def _tapering(needs: list[int], step: float) -> bool:
+    """Whether the recommendations, oldest first, fell steadily: never up, at most ``step``
+    of the count (at least one replica) at a time, and by two replicas or more in all. A
+    burst's end or a step down falls at once; noise at a boundary goes up again."""
+    steady = all(0 <= a - b <= max(1, math.floor(step * a)) for a, b in pairwise(needs))
+    return steady and needs[0] - needs[-1] >= 2
+
+
 def _outside_batcher_ms(obs: Observation) -> float | None:
     """The part of the request p95 not spent queueing for a batch or running one."""
     p95, wait, batch = obs.latency_p95_s, obs.queue_wait_p95_s, obs.mean_batch_duration_s
@@ -613,6 +631,10 @@ def decide(
     elif rec < replicas:
         window = [r for t, r in recs if t > now - delay]
         covered = min(t for t, _ in recs) <= now - delay
+        low = f"load low for {delay:g} s"
+        if covered and _tapering(window, spec.taper_step):
+            low = f"need falling steadily for {delay:g} s"
+            window = [r for t, r in recs if t > now - spec.taper_share * delay]
         recent_up = current.last_scale_up is not None and now - current.last_scale_up < delay
         gen = obs.min_config_generation
         if not obs.complete or obs.pods_expected < current.replicas:
@@ -625,10 +647,7 @@ def decide(
             step = max(1, math.floor(replicas * spec.scale_down_step))
             target = max(max(window), replicas - step)
             if target < replicas:
-                notes.append(
-                    f"load low for {delay:g} s: scale down to {target} "
-                    f"(highest recent need {max(window)})"
-                )
+                notes.append(f"{low}: scale down to {target} (highest recent need {max(window)})")
                 replicas = target
             else:
                 notes.append(f"highest need in the last {delay:g} s is {max(window)}")

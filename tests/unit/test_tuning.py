@@ -16,7 +16,7 @@ from batchpilot_operator.metrics import (
     ServicePoint,
     fit_service_time,
 )
-from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, decide
+from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, _tapering, decide
 
 # t(b) = 4 ms + 2 ms * b: with a 100 ms target, an 80% budget and a 10 ms wait,
 # 2*t(b) + 10 <= 80 ms -> b <= 15
@@ -331,6 +331,47 @@ def test_the_lengthened_delay_is_capped_and_a_late_scale_up_halves_it() -> None:
     d = decide(obs(rate=1000.0, pods=2), late, SPEC, now=0.0)
     assert d.replicas > 2
     assert d.scale_down_delay_s == 240.0
+
+
+def after_needs(needs: list[int], rate: float) -> Decision:
+    """8 replicas; ``needs`` recommended every 15 s up to 15 s ago; now ``rate`` arrives."""
+    times = range(-15 * len(needs), 0, 15)
+    cur = state(replicas=8, recommendations=tuple(zip(times, needs, strict=True)))
+    return decide(obs(rate=rate, pods=8), cur, SPEC, now=0.0)
+
+
+def test_a_need_falling_steadily_is_followed_after_a_share_of_the_delay() -> None:
+    # 8 -> 5 one replica at a time through the whole delay, 5 now (1300/s): a load tapering
+    # off. The last 30 s (a quarter of the delay) needed 5; the step bounds it at 8 - 2.
+    d = after_needs([8, 8, 8, 7, 7, 6, 6, 5, 5], rate=1300.0)
+    assert d.recommendations[-1][1] == 5
+    assert d.replicas == 6
+    assert "need falling steadily for 120 s: scale down to 6" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("needs", "replicas", "why"),
+    [
+        ([8, 8, 8, 8, 8, 8, 8, 8, 5], 8, "a cliff: a burst or a step ended"),
+        ([8, 8, 7, 8, 7, 7, 6, 6, 5], 8, "it rose on the way: noise, not a trend"),
+        ([6, 6, 6, 6, 6, 6, 6, 6, 5], 6, "one replica is no trend"),
+    ],
+)
+def test_a_need_that_did_not_fall_steadily_waits_the_whole_delay(
+    needs: list[int], replicas: int, why: str
+) -> None:
+    # the highest need of the whole delay (the 120 s before now), not of its last 30 s
+    d = after_needs(needs, rate=1300.0)
+    assert d.replicas == replicas, why
+    assert "falling steadily" not in d.reason
+
+
+def test_a_steady_fall_is_relative_to_the_count() -> None:
+    # 50 replicas may shed 5 a tick and still taper; 6 at once is a cliff.
+    assert _tapering([50, 45, 41, 37], 0.1)
+    assert not _tapering([50, 44, 41, 37], 0.1)
+    assert _tapering([3, 2, 1], 0.1)
+    assert not _tapering([3, 1], 0.1)
 
 
 def test_bounds_are_always_respected() -> None:
