@@ -348,7 +348,8 @@ class Autoscaling(_Base):
         description=(
             "How long the load must stay low before replicas are removed. The loop doubles it"
             " (up to 4x) when the load comes back within it after a scale-down, and halves"
-            " it back on a later scale-up."
+            " it back on a later scale-up. A load that fell steadily through it is followed"
+            " after a quarter of it."
         ),
     )
 
