@@ -631,10 +631,10 @@ def decide(
     elif rec < replicas:
         window = [r for t, r in recs if t > now - delay]
         covered = min(t for t, _ in recs) <= now - delay
-        low = f"load low for {delay:g} s"
+        low, span = f"load low for {delay:g} s", delay
         if covered and _tapering(window, spec.taper_step):
-            low = f"need falling steadily for {delay:g} s"
-            window = [r for t, r in recs if t > now - spec.taper_share * delay]
+            low, span = f"need falling steadily for {delay:g} s", spec.taper_share * delay
+            window = [r for t, r in recs if t > now - span]
         recent_up = current.last_scale_up is not None and now - current.last_scale_up < delay
         gen = obs.min_config_generation
         if not obs.complete or obs.pods_expected < current.replicas:
@@ -650,7 +650,7 @@ def decide(
                 notes.append(f"{low}: scale down to {target} (highest recent need {max(window)})")
                 replicas = target
             else:
-                notes.append(f"highest need in the last {delay:g} s is {max(window)}")
+                notes.append(f"highest need in the last {span:g} s is {max(window)}")
     replicas = int(_clamp(replicas, spec.min_replicas, spec.max_replicas))
     reason = "; ".join(n for n in notes if n)
     return replace(

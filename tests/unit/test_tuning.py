@@ -347,6 +347,12 @@ def test_a_need_falling_steadily_is_followed_after_a_share_of_the_delay() -> Non
     assert d.recommendations[-1][1] == 5
     assert d.replicas == 6
     assert "need falling steadily for 120 s: scale down to 6" in d.reason
+    # already at 6: the last 30 s is what holds it
+    needs = [8, 8, 8, 7, 7, 6, 6, 6, 6]
+    recent = tuple(zip(range(-135, 0, 15), needs, strict=True))
+    held = decide(obs(rate=1300.0, pods=6), state(replicas=6, recommendations=recent), SPEC, 0.0)
+    assert held.replicas == 6
+    assert "highest need in the last 30 s is 6" in held.reason
 
 
 @pytest.mark.parametrize(
