@@ -92,7 +92,9 @@ class TuningSpec:
     outside_share: float = 0.5
     """A p95 miss of which more than this share of the target is spent outside the batcher
     (the p95 minus the p95 queue wait and the mean batch time: the HTTP layer, an event
-    loop short of CPU) is overload of the pod, not a batch size problem."""
+    loop short of CPU) is overload of the pod, not a batch size problem. It asks for a
+    replica only when the window before was overloaded too: one such window is as often a
+    stall."""
     debt_payback_s: float = 30.0
     """The queue is debt: replicas are added to pay it back within this long (or one
     interval, if longer)."""
@@ -564,11 +566,20 @@ def decide(
     # there); or when it is the tail of such a backlog: replicas were just added, or
     # overload was seen within a window plus the p95 (the requests answered now waited
     # through it). More replicas, not smaller batches, fix those.
-    saturated = (
-        (util is not None and util >= spec.overload_utilization)
-        or obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
-        or starved
+    busy_pods = (util is not None and util >= spec.overload_utilization) or (
+        obs.queue_depth > current.max_batch_size * max(1, obs.pods_scraped)
     )
+    saturated = busy_pods or starved
+    # One starved window is more often a stall (of the process, or of its neighbours on the
+    # node) than a lasting shortage of CPU: it keeps the batch at once, but asks for
+    # replicas only when the window before was overloaded too.
+    lasting = busy_pods or (
+        starved
+        and current.last_overload is not None
+        and now - current.last_overload <= 1.5 * spec.interval_s
+    )
+    if starved and not lasting:
+        notes.append("a replica only if the next window is starved too")
     last_overload = now if saturated else current.last_overload
     just_scaled = (
         current.last_scale_up is not None and now - current.last_scale_up < 3 * spec.interval_s
@@ -599,7 +610,7 @@ def decide(
     busy = _utilization_target(obs, current, spec, p95_ms, enough, confirmed, now)
     full = _batches_fill(obs, current.max_batch_size)
     rec, load_note = _recommend_replicas(
-        obs, spec, size, rate, demand, busy, saturated or full, current.replicas
+        obs, spec, size, rate, demand, busy, lasting or full, current.replicas
     )
     if rec is None:
         rec = current.replicas
@@ -609,7 +620,7 @@ def decide(
     # fast the backlog goes.
     starting = obs.pods_expected < current.replicas
     draining = obs.queue_depth > 0 and obs.throughput > obs.arrival_rate
-    if missed and saturated and not starting and not just_scaled and not draining:
+    if missed and lasting and not starting and not just_scaled and not draining:
         rec = max(rec, current.replicas + 1)
         load_note += "; p95 missed under overload: at least one more replica"
     rec = int(_clamp(rec, spec.min_replicas, spec.max_replicas))

@@ -197,7 +197,7 @@ def test_a_miss_under_overload_adds_replicas_not_smaller_batches() -> None:
     assert "overload" in d.reason
 
 
-def test_a_miss_spent_outside_the_batcher_adds_a_replica_and_keeps_the_batch() -> None:
+def test_a_starved_miss_keeps_the_batch_and_adds_a_replica_if_it_lasts() -> None:
     # p95 150 ms against 100: queue wait and batch time account for 10 + 20 ms of it, the
     # rest is the HTTP layer short of CPU (a smaller batch would only cost capacity)
     cur = state(max_batch_size=20, last_miss=-SPEC.interval_s)
@@ -205,9 +205,13 @@ def test_a_miss_spent_outside_the_batcher_adds_a_replica_and_keeps_the_batch() -
     starved = replace(base, queue_wait_p95_s=0.010)
     d = decide(starved, cur, SPEC, now=0.0)
     assert d.max_batch_size == 20
-    assert d.replicas == 3  # one more
+    assert d.replicas == 2  # one window: a stall, as likely as a shortage
     assert "outside the batcher" in d.reason
+    assert "a replica only if the next window is starved too" in d.reason
     assert d.last_overload == 0.0  # remembered: the next windows are its tail
+    again = decide(starved, d.next_state(cur, 0.0), SPEC, now=SPEC.interval_s)
+    assert again.max_batch_size == 20
+    assert again.replicas == 3  # it lasted: one more
     # the same p95 spent queueing for the batcher: the batch is what is slow
     queued = replace(base, queue_wait_p95_s=0.120)
     d = decide(queued, cur, SPEC, now=0.0)
