@@ -132,22 +132,23 @@ def ready_pod_targets(pods: list[dict[str, Any]], port: int = desired.PORT) -> d
     return targets
 
 
+def _live_metadata(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metadata of the pods not being deleted."""
+    metas = [pod.get("metadata") or {} for pod in pods]
+    return [m for m in metas if not m.get("deletionTimestamp")]
+
+
 def live_pod_names(pods: list[dict[str, Any]]) -> list[str]:
     """Names of the pods not being deleted, ready or still starting: the ones a new config
     must reach. A pod created before the ConfigMap write mounted the old config, and the
     kubelet would refresh it only on its periodic sync, after it became ready."""
-    metas = [pod.get("metadata") or {} for pod in pods]
-    return sorted(m["name"] for m in metas if m.get("name") and not m.get("deletionTimestamp"))
+    return sorted(m["name"] for m in _live_metadata(pods) if m.get("name"))
 
 
 def pod_templates(pods: list[dict[str, Any]]) -> frozenset[str]:
     """The pod templates (``pod-template-hash``) of the pods not being deleted."""
-    metas = [pod.get("metadata") or {} for pod in pods]
-    return frozenset(
-        (m.get("labels") or {})[TEMPLATE_LABEL]
-        for m in metas
-        if TEMPLATE_LABEL in (m.get("labels") or {}) and not m.get("deletionTimestamp")
-    )
+    labels = [m.get("labels") or {} for m in _live_metadata(pods)]
+    return frozenset(label[TEMPLATE_LABEL] for label in labels if TEMPLATE_LABEL in label)
 
 
 def in_force_config(obs: Observation, spec: api.BatchedModelSpec) -> BatchingConfig | None:

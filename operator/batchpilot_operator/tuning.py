@@ -510,6 +510,11 @@ def _delay_after_scale_up(
     return max(spec.scale_down_delay_s, delay / 2)
 
 
+def _in_window_before(when: float | None, spec: TuningSpec, now: float) -> bool:
+    """Whether ``when`` (a tick's time) was the tick before this one, allowing for jitter."""
+    return when is not None and now - when <= 1.5 * spec.interval_s
+
+
 def _tapering(needs: list[int], step: float) -> bool:
     """Whether the recommendations, oldest first, fell steadily: never up, at most ``step``
     of the count (at least one replica) at a time, and by two replicas or more in all. A
@@ -573,11 +578,7 @@ def decide(
     # One starved window is more often a stall (of the process, or of its neighbours on the
     # node) than a lasting shortage of CPU: it keeps the batch at once, but asks for
     # replicas only when the window before was overloaded too.
-    lasting = busy_pods or (
-        starved
-        and current.last_overload is not None
-        and now - current.last_overload <= 1.5 * spec.interval_s
-    )
+    lasting = busy_pods or (starved and _in_window_before(current.last_overload, spec, now))
     if starved and not lasting:
         notes.append("a replica only if the next window is starved too")
     last_overload = now if saturated else current.last_overload
@@ -594,11 +595,7 @@ def decide(
     # leaves, and answering it with smaller batches and more replicas costs for minutes.
     miss_alone = missed and not overloaded and obs.complete and _judged(current, spec, now)
     last_miss = now if miss_alone else current.last_miss
-    confirmed = (
-        miss_alone
-        and current.last_miss is not None
-        and now - current.last_miss <= 1.5 * spec.interval_s
-    )
+    confirmed = miss_alone and _in_window_before(current.last_miss, spec, now)
 
     # --- batching config
     size, wait, config_note = _choose_config(
