@@ -157,13 +157,14 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes, extra_headers: str = "") -> tuple[int, bytes]:
+        """POST ``body``; ``extra_headers`` are header lines, each ending in CRLF."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{extra_headers}Content-Length: {len(body)}\r\n\r\n"
         )
         self.writer.write(head.encode() + body)
         headers = await self.reader.readuntil(b"\r\n\r\n")

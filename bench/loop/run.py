@@ -62,6 +62,9 @@ class Setup:
     """Everything a run needs, picklable (worker processes rebuild traces by name)."""
 
     profile_path: str
+    served_path: str | None
+    """What the real server recorded (``bench.loop.validate --write-served``); None: the
+    in-process profile's spread, no HTTP path."""
     target_ms: float
     peak: float
     duration_s: float
@@ -72,6 +75,10 @@ class Setup:
     interval_s: float
     scale_down_delay_s: float
     seed: int
+
+    def profile(self) -> ServiceProfile:
+        served = Path(self.served_path) if self.served_path else None
+        return ServiceProfile.load(Path(self.profile_path), served=served)
 
     def trace(self, name: str) -> Trace:
         by_name = {t.name: t for t in traces.all_traces(self.peak, self.duration_s)}
@@ -150,7 +157,7 @@ def start_replicas(setup: Setup, trace: Trace, profile: ServiceProfile) -> int:
 
 
 def run_job(setup: Setup, job: Job) -> Summary:
-    profile = ServiceProfile.load(Path(setup.profile_path))
+    profile = setup.profile()
     trace = setup.trace(job.trace)
     start = start_replicas(setup, trace, profile)
     config = BatchingConfig(max_batch_size=job.max_batch, max_wait_ms=job.wait_ms)
@@ -244,7 +251,7 @@ def _run_all(setup: Setup, jobs: list[Job], workers: int) -> list[Summary]:
 
 def static_replicas(setup: Setup, max_batch: int, wait_ms: float) -> int:
     """The fewest fixed replicas that hold 99% within target for two minutes at the peak."""
-    profile = ServiceProfile.load(Path(setup.profile_path))
+    profile = setup.profile()
     per = profile.capacity(max_batch)
     first = max(1, math.ceil(setup.peak / per))
     candidates = list(range(first, first + 4))
@@ -328,6 +335,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short traces, a small sweep")
     parser.add_argument("--profile", type=Path, default=HERE / "service_profile.json")
+    parser.add_argument(
+        "--served",
+        default=str(HERE / "served.json"),
+        help="what the real server recorded (bench.loop.validate --write-served): its spread"
+        " of service times, in order, and the HTTP path; 'none' for the in-process spread",
+    )
     parser.add_argument("--target-ms", type=float, default=250.0)
     parser.add_argument("--peak", type=float, default=500.0)
     parser.add_argument("--min-replicas", type=int, default=2)
@@ -348,6 +361,7 @@ def main() -> None:
     args = parser.parse_args()
     setup = Setup(
         profile_path=os.path.relpath(args.profile),
+        served_path=None if args.served == "none" else os.path.relpath(args.served),
         target_ms=args.target_ms,
         peak=args.peak,
         duration_s=240.0 if args.quick else 540.0,
@@ -366,7 +380,7 @@ def main() -> None:
     started = time.perf_counter()
     # Floors above minReplicas hold capacity for a jump no pod start-up can follow; both
     # autoscalers get them, up to the replicas that carry the peak.
-    floors = parse_floors(args.floors, setup, ServiceProfile.load(args.profile))
+    floors = parse_floors(args.floors, setup, setup.profile())
     jobs = [Job(n, "batchpilot") for n in names]
     jobs += [Job(n, "batchpilot-floor", floor=f) for n in names for f in floors]
     jobs += [
@@ -456,34 +470,61 @@ def parse_floors(text: str, setup: Setup, profile: ServiceProfile) -> list[int]:
     return floors
 
 
+def _spread_line(profile: dict[str, Any], served_path: str | None) -> str:
+    """How the setup's simulated batch times vary, from the profile's and the served JSON."""
+    if served_path is None:
+        p99 = float(np.quantile(profile["jitter"], 0.99))
+        return (
+            "each batch scaled by a ratio drawn from the in-process profile's spread"
+            f" (median 1, p99 {p99:.2f})."
+        )
+    served = json.loads(Path(served_path).read_text())
+    jitter, http = served["jitter"], np.asarray(served["http_path_seconds"]) * 1e3
+    return (
+        f"each batch scaled by a ratio replayed in order, from a random point per replica, from"
+        f" what the real server recorded in the validation (`{served_path}`: {len(jitter)}"
+        f" batches, over their median: p95 {float(np.quantile(jitter, 0.95)):.2f}, p99"
+        f" {float(np.quantile(jitter, 0.99)):.2f}); each request adds an HTTP path drawn from"
+        f" the distribution recorded there (p50 {float(np.median(http)):.1f} ms, p95"
+        f" {float(np.quantile(http, 0.95)):.1f} ms)."
+    )
+
+
 def _validation_table(path: Path) -> str:
     if not path.exists():
         return f"(no `{path.name}`: run `python -m bench.loop.validate`)"
     data = json.loads(path.read_text())
-    cal = data.get("calibration", {"speed": 1.0, "http_per_item_s": 0.0})
+    cal = data["calibration"]
+    http = (
+        f"; the HTTP path (a request's latency at the client beyond its time in the batcher)"
+        f" p50 {cal['http_path_ms_p50']:.1f} ms, p95 {cal['http_path_ms_p95']:.1f} ms over"
+        f" {cal['requests']} requests"
+        if cal.get("requests")
+        else ""
+    )
     lines = [
         f"Against: {data['against']} ({data.get('threads', '?')} torch thread"
         f"{', on a core of its own' if data.get('server_on_own_core') else ''}); batching "
         f"{data['config']['maxBatchSize']} / {data['config']['maxWaitMs']} ms; machine load "
-        f"average {data.get('loadavg', '?')}. Calibrated on the runtime's busy time per batch:"
-        f" machine speed x{cal['speed']:.2f} against the profile, per-item HTTP cost"
-        f" {cal['http_per_item_s'] * 1e3:.2f} ms. Real: the round with the median p95 of"
-        " those run (same arrivals each round; their range shows the machine's own spread).",
+        f"average {data.get('loadavg', '?')}. Real: the round with the median p95 of those run"
+        " (same arrivals each round; their range shows the machine's own spread). Simulated"
+        f" with what the runtime recorded in {cal['source']}: {cal['batches']} batches' service"
+        f" times over the profile's, median x{cal['ratio_p50']:.2f}, p95"
+        f" x{cal['ratio_p95']:.2f}{http}. No latency of a compared round is used.",
         "",
         "| rate/s | real tput/s | sim tput/s | diff | real p95 ms (rounds) | sim p95 ms | diff |"
-        " model only |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " without the HTTP path | profile alone |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["rows"]:
         re, si = r["real"], r["simulated"]
-        spread = [m["p95_ms"] for m in r.get("real_rounds", [re])]
-        model_only = r.get("model_only", {}).get("p95_diff_pct")
+        spread = [m["p95_ms"] for m in r["real_rounds"]]
         lines.append(
             f"| {r['rate']:g} | {re['throughput']:.1f} | {si['throughput']:.1f} |"
             f" {r['throughput_diff_pct']:+.1f}% | {re['p95_ms']:.0f}"
             f" ({min(spread):.0f}-{max(spread):.0f}) | {si['p95_ms']:.0f} |"
-            f" {r['p95_diff_pct']:+.1f}% |"
-            f" {'-' if model_only is None else f'{model_only:+.1f}%'} |"
+            f" {r['p95_diff_pct']:+.1f}% | {r['service_times_only']['p95_diff_pct']:+.1f}% |"
+            f" {r['model_only']['p95_diff_pct']:+.1f}% |"
         )
     return "\n".join(lines)
 
@@ -569,8 +610,7 @@ Produced by `{command}` ({elapsed:.0f} s on this machine); the validation by
   the profile measured from the runtime's model class on this machine
   (all-MiniLM-L6-v2, {profile["torch_threads"]} torch thread, two batches in flight):
   t(b) = {fit["intercept_seconds"] * 1e3:.1f} ms + {fit["per_item_seconds"] * 1e3:.2f} ms x b,
-  each batch scaled by a ratio drawn from the measured spread (median 1, p99
-  {float(np.quantile(profile["jitter"], 0.99)):.2f}).
+  {_spread_line(profile, setup.served_path)}
 - Cluster: requests spread at random over ready replicas; a new replica is ready
   {setup.startup_s:g} s after it is created; a new ConfigMap reaches each replica after
   {setup.config_delay_s[0]:g} to {setup.config_delay_s[1]:g} s; removed replicas drain.
@@ -616,14 +656,11 @@ Goal per trace (batchpilot against the strongest HPA setting):
 
 ## What the simulator leaves out
 
-- It models the dispatch (the runtime's own Batcher), the model's two stages and their
-  measured spread, the Service, pod start-up and ConfigMap propagation. The HTTP layer's
-  per-request work (parsing, JSON encoding of the embeddings) enters only as a per-item cost
-  on the batch, calibrated in the validation against the server's busy time (the comparison
-  below runs the profile alone); its latency on the request path and the interference with
-  a load generator and other work on the same cores are not modelled. The validation's
-  remaining gap, up to 21% at some rates, is of the order of the real runtime's own spread
-  between rounds on this machine.
+- It models the dispatch (the runtime's own Batcher), the model's two stages with the spread
+  the server showed, the HTTP path as recorded per request, the Service, pod start-up and
+  ConfigMap propagation. What it replays was recorded at one replica's low rates (batches of
+  1-4); how the spread and the HTTP path grow with larger batches and busier event loops is
+  not measured, nor any interference between pods sharing a node.
 - No reactive policy absorbs an instantaneous multiple of the load within a pod's start-up
   delay without standing headroom: the step, the bursts and the spike cost every autoscaler
   the requests that arrive before new pods are ready. The instant reference measures that

@@ -101,15 +101,27 @@ class ServiceProfile:
     jitter: tuple[float, ...] = ()
     """Measured ratios of a batch's time to the median for its size; each simulated batch
     draws one (empty: every batch takes exactly the profile's time)."""
-    http_per_item_s: float = 0.0
-    """What each request's HTTP work (parsing, JSON encoding, on the server's event loop)
-    adds to the batch it rides in: the serving process shares the GIL and the cores with
-    the model. Measured by ``bench.loop.validate`` against the real server's busy time."""
+    jitter_in_order: bool = False
+    """``jitter`` is a recording in time order: each replica replays it from a random point
+    on, so that slow spells last as long as they did. (A machine's speed drifts over seconds:
+    drawn independently, every slow batch would be an isolated one, and queues would not
+    build up behind slow spells as they do.)"""
+    jitter_offset: int | None = None
+    """Where every replica starts replaying an in-order ``jitter`` (None: a random point per
+    replica). 0 replays a recording in step with the run it was recorded in."""
+    http_path_s: tuple[float, ...] = ()
+    """What a request's latency at the client had beyond its time in the batcher: the HTTP
+    path (reading, parsing and validating it, encoding the answer, and the event loop's
+    waits for the GIL meanwhile), recorded per request by ``bench.loop.validate`` against
+    the real server; each simulated request draws one (empty: none)."""
 
     @classmethod
-    def load(cls, path: Path, *, smooth: bool = True) -> ServiceProfile:
+    def load(cls, path: Path, *, smooth: bool = True, served: Path | None = None) -> ServiceProfile:
         """Read ``bench/loop/profile.py``'s JSON. ``smooth`` replaces each stage's medians by
-        their least-squares line (the measurement noise of single sizes is not physics)."""
+        their least-squares line (the measurement noise of single sizes is not physics).
+        ``served`` (``bench.loop.validate --write-served``'s JSON: what the real server
+        recorded) replaces the in-process profile's spread with the server's, in order, and
+        adds the HTTP path."""
         data = json.loads(path.read_text())
         sizes = data["batch_sizes"]
         if sizes != list(range(1, len(sizes) + 1)):
@@ -119,9 +131,15 @@ class ServiceProfile:
         if smooth:
             tok = _line(sizes, tok)
             fwd = _line(sizes, fwd)
-        jitter = tuple(float(x) for x in data.get("jitter", ()))
-        http = float(data.get("http_per_item_seconds", 0.0))
-        return cls(tuple(tok), tuple(fwd), source=str(path), jitter=jitter, http_per_item_s=http)
+        spread = json.loads(served.read_text()) if served is not None else data
+        return cls(
+            tuple(tok),
+            tuple(fwd),
+            source=str(path),
+            jitter=tuple(float(x) for x in spread.get("jitter", ())),
+            jitter_in_order=bool(spread.get("jitter_in_order", False)),
+            http_path_s=tuple(float(x) for x in spread.get("http_path_seconds", ())),
+        )
 
     @classmethod
     def linear(
@@ -146,7 +164,7 @@ class ServiceProfile:
         return self._at(self.tokenize, b)
 
     def forward_s(self, b: int) -> float:
-        return self._at(self.forward, b) + self.http_per_item_s * b
+        return self._at(self.forward, b)
 
     def total_s(self, b: int) -> float:
         return self.tokenize_s(b) + self.forward_s(b)
@@ -170,11 +188,23 @@ class SimulatedModel:
         self._rng = rng or random.Random(0)
         self._tokenizer = asyncio.Lock()
         self._device = asyncio.Lock()
+        self._next = 0
+        if profile.jitter_in_order and profile.jitter:
+            offset = profile.jitter_offset
+            self._next = self._rng.randrange(len(profile.jitter)) if offset is None else offset
+
+    def _scale(self) -> float:
+        jitter = self.profile.jitter
+        if not jitter:
+            return 1.0
+        if self.profile.jitter_in_order:
+            self._next += 1
+            return jitter[(self._next - 1) % len(jitter)]
+        return jitter[self._rng.randrange(len(jitter))]
 
     async def run(self, batch: Batch) -> list[object]:
         b = len(batch.payloads)
-        jitter = self.profile.jitter
-        scale = jitter[self._rng.randrange(len(jitter))] if jitter else 1.0
+        scale = self._scale()
         async with self._tokenizer:
             await asyncio.sleep(self.profile.tokenize_s(b) * scale)
         async with self._device:
@@ -257,6 +287,7 @@ class Cluster:
         self.replicas: list[Replica] = []
         self.log = RequestLog()
         self._rng = random.Random(settings.seed)
+        self._http_rng = random.Random(settings.seed + 1)
         self._count = 0
         self._ready_cache: list[Replica] = []
         self._ready_dirty = True
@@ -364,6 +395,9 @@ class Cluster:
         self, telemetry: Telemetry, arrival: float, offset: float, fut: asyncio.Future[Any]
     ) -> None:
         took = self.now - offset - arrival
+        http = self.profile.http_path_s
+        if http:  # on the client's clock and on the runtime's: its request duration covers
+            took += http[self._http_rng.randrange(len(http))]  # reading to encoding
         exc = fut.exception()
         if exc is None:
             telemetry.request_done("ok", took)

@@ -80,28 +80,176 @@ def test_profile_loads_the_benchmark_json(tmp_path: Path) -> None:
     smooth = ServiceProfile.load(path)
     assert smooth.forward_s(5) < raw.forward_s(5)  # the outlier is smoothed away
     assert smooth.forward_s(8) > smooth.forward_s(1)
-    doc["http_per_item_seconds"] = 0.0015
+    assert raw.jitter == ()
+    doc["jitter"] = [0.9, 1.1]
     path.write_text(__import__("json").dumps(doc))
-    with_http = ServiceProfile.load(path, smooth=False)
-    assert with_http.forward_s(4) == pytest.approx(raw.forward_s(4) + 4 * 0.0015)
-    assert with_http.capacity(8) < raw.capacity(8)
+    in_process = ServiceProfile.load(path)
+    assert in_process.jitter == (0.9, 1.1)
+    assert not in_process.jitter_in_order
+    assert in_process.http_path_s == ()
+    recorded = tmp_path / "served.json"
+    recorded.write_text(
+        __import__("json").dumps(
+            {"jitter": [1.3, 1.0, 1.6], "jitter_in_order": True, "http_path_seconds": [0.002]}
+        )
+    )
+    served = ServiceProfile.load(path, served=recorded)
+    assert served.jitter == (1.3, 1.0, 1.6)
+    assert served.jitter_in_order
+    assert served.http_path_s == (0.002,)
+    assert served.forward_s(5) == smooth.forward_s(5)  # the stages stay the profile's
 
 
-def test_calibration_recovers_speed_and_http_cost_from_busy_time_alone() -> None:
-    from bench.loop.validate import Calibration, calibrate, simulate_one, summarise
+def test_a_recorded_spread_is_replayed_in_order_from_a_random_point() -> None:
+    import random
+    from dataclasses import replace
+
+    from bench.loop.simulator import SimulatedModel
+
+    from batchpilot_runtime.batcher import Batch
+
+    recorded = (1.0, 2.0, 3.0, 4.0, 5.0)
+    profile = replace(PROFILE, jitter=recorded, jitter_in_order=True)
+
+    async def durations(model: SimulatedModel) -> list[float]:
+        loop = asyncio.get_running_loop()
+        out = []
+        for _ in range(7):
+            t0 = loop.time()
+            await model.run(Batch("embed", [None]))
+            out.append(round((loop.time() - t0) / PROFILE.total_s(1), 9))
+        return out
+
+    seen = [run_virtual(durations(SimulatedModel(profile, random.Random(s)))) for s in range(6)]
+    for got in seen:
+        start = recorded.index(got[0])
+        assert got == [recorded[(start + i) % 5] for i in range(7)]
+    assert len({got[0] for got in seen}) > 1  # replicas start at different points
+    drawn = run_virtual(durations(SimulatedModel(replace(profile, jitter_in_order=False))))
+    assert set(drawn) <= set(recorded)
+    assert all(drawn != [recorded[(s + i) % 5] for i in range(7)] for s in range(5))
+    in_step = replace(profile, jitter_offset=0)
+    for s in range(3):
+        assert run_virtual(durations(SimulatedModel(in_step, random.Random(s))))[:5] == list(
+            recorded
+        )
+
+
+def test_calibration_replays_the_recorded_spread_of_service_times() -> None:
+    from bench.loop.validate import Calibration, simulate_one, summarise
+
+    # Recorded batches that took 1.5x the profile's time, and a few 3x outliers.
+    batches = [(b, 1.5 * PROFILE.tokenize_s(b), 1.5 * PROFILE.forward_s(b)) for b in (1, 2, 4)]
+    batches += [(3, 3 * PROFILE.tokenize_s(3), 3 * PROFILE.forward_s(3))]
+    cal = Calibration.from_batches(PROFILE, batches * 5, "test")
+    assert cal.ratios[:4] == pytest.approx((1.5, 1.5, 1.5, 3.0))  # in the order recorded
+    assert cal.quantile(0.5) == pytest.approx(1.5)
+    assert max(cal.ratios) == pytest.approx(3.0)
+    assert cal.summary()["batches"] == 20
 
     config = BatchingConfig(max_batch_size=32, max_wait_ms=2.0)
-    truth = Calibration(speed=1.2, http_per_item_s=0.002)
-    real = []
-    for k, rate in enumerate((40.0, 120.0, 200.0)):
-        arr, lat, batch, busy = simulate_one(truth.apply(PROFILE), config, rate, 8.0, 100 + k)
-        real.append(summarise(rate, arr, lat, 2.0, 8.0, batch, busy))
-    assert real[2].batch_ms > real[0].batch_ms
-    got = calibrate(
-        PROFILE, config, real, 8.0, 2.0, http=True, speeds=(1.0, 1.2, 1.4), http_ms=(0, 2, 4)
-    )
-    assert got.speed == pytest.approx(1.2)
-    assert got.http_per_item_s == pytest.approx(0.002)
+    plain = simulate_one(PROFILE, config, 40.0, 20.0, 1)
+    slow = simulate_one(cal.apply(PROFILE), config, 40.0, 20.0, 1)
+    plain_m = summarise(40.0, plain[0], plain[1], 2.0, 20.0, plain[2], plain[3])
+    slow_m = summarise(40.0, slow[0], slow[1], 2.0, 20.0, slow[2], slow[3])
+    # Busy time per batch grows with the ratios (a little more: slower batches grow larger)
+    assert slow_m.batch_ms / plain_m.batch_ms == pytest.approx(1.8, rel=0.15)
+    assert slow_m.p95_ms > 1.5 * plain_m.p95_ms
+    with pytest.raises(ValueError, match="no batches recorded in nowhere"):
+        Calibration.from_batches(PROFILE, [], "nowhere")
+
+
+def test_the_http_path_is_the_client_latency_beyond_the_batcher() -> None:
+    from argparse import Namespace
+    from dataclasses import replace
+
+    from bench.loop.validate import Calibration, http_path, simulate_one
+
+    arrival = np.array([0.5, 1.0, 2.0, 3.0, 9.5])
+    latency = np.array([0.030, 0.040, np.inf, 0.050, 0.020])
+    in_batcher = {"0": 0.010, "1": 0.031, "3": 0.044, "4": 0.001}
+    window = Namespace(warmup=0.8, seconds=9.0)
+    # request 0 arrived before the window, 2 was not answered, 4 after the window
+    assert http_path(arrival, latency, in_batcher, window) == pytest.approx([0.009, 0.006])
+    assert http_path(arrival, latency, {}, window).size == 0
+
+    cal = Calibration.from_batches(PROFILE, [(1, 0.001, 0.012)], "test", [0.006, 0.002])
+    assert cal.http_path_s == (0.002, 0.006)
+    assert cal.summary()["http_path_ms_p95"] == pytest.approx(5.8)
+    # Every simulated request gets one draw of the HTTP path on top of its time in the batcher
+    config = BatchingConfig(max_batch_size=32, max_wait_ms=2.0)
+    with_http = simulate_one(cal.apply(PROFILE), config, 20.0, 10.0, 1)[1]
+    bare = simulate_one(replace(cal.apply(PROFILE), http_path_s=()), config, 20.0, 10.0, 1)[1]
+    added = np.round(with_http - bare, 9)
+    assert set(added) == {0.002, 0.006}
+
+
+def test_held_out_rounds_exclude_the_compared_ones() -> None:
+    from bench.loop.validate import held_out
+
+    rounds: list[list[Any]] = [[None, None, None], [None, None, None]]
+    assert held_out(rounds, [1, 0]) == [(0, 0), (1, 1), (0, 2), (1, 2)]  # in the order run
+    # one round per rate: nothing is held out, the compared rounds calibrate
+    assert held_out([[None], [None]], [0, 0]) == [(0, 0), (1, 0)]
+
+
+def test_request_recorder_times_each_identified_request(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bench.loop.recorded_server import Record, read_requests, record_requests
+
+    class Runtime:
+        async def infer(
+            self, request: Any, kind: str, texts: list[str], priority: int
+        ) -> list[str]:
+            await asyncio.sleep(0.01)
+            return texts
+
+    record = tmp_path / "record"
+    with Record(record) as rec:
+        record_requests(Runtime, rec)
+
+        async def both() -> list[list[str]]:
+            named = SimpleNamespace(headers={"x-request-id": "7"})
+            anonymous = SimpleNamespace(headers={})
+            return list(
+                await asyncio.gather(
+                    Runtime().infer(named, "k", ["a"], 0), Runtime().infer(anonymous, "k", ["b"], 0)
+                )
+            )
+
+        assert asyncio.run(both()) == [["a"], ["b"]]
+    times = read_requests(record)
+    assert list(times) == ["7"]  # a request without the header is not recorded
+    assert 0.009 < times["7"] < 1.0
+
+
+def test_stage_recorder_pairs_each_batch_stages(tmp_path: Path) -> None:
+    from bench.loop.recorded_server import Record, line_count, read_stages, record_stages
+
+    class Model:
+        def _tokenize(self, texts: list[str]) -> dict[str, Any]:
+            return {"input_ids": np.zeros((len(texts), 7))}
+
+        def _forward(self, enc: dict[str, Any], _kind: object) -> list[int]:
+            return list(range(enc["input_ids"].shape[0]))
+
+    record = tmp_path / "stages"
+    assert line_count(record) == 0
+    with Record(record) as rec:
+        record_stages(Model, rec)
+        m = Model()
+        assert m._forward(m._tokenize(["a", "b", "c"]), None) == [0, 1, 2]
+        assert line_count(record) == 2
+        m._forward(m._tokenize(["d"]), None)
+    first, second = read_stages(record)
+    assert first[0] == 3
+    assert second[0] == 1
+    assert all(t >= 0 and f >= 0 for _, t, f in (first, second))
+    assert read_stages(record, skip_lines=2) == [second]
+    record.write_text("tok 3 0.001\nfwd 2 0.010\n")
+    with pytest.raises(ValueError, match="tokenised 3 items but forwarded 2"):
+        read_stages(record)
 
 
 def test_trace_arrivals_are_seeded_poisson() -> None:
@@ -333,7 +481,7 @@ def test_the_kept_setting_is_the_cheapest_meeting_the_share_else_the_best_share(
 def test_floors_option_names_its_floors_and_refuses_bad_ones() -> None:
     from bench.loop.run import Setup, parse_floors
 
-    setup = Setup("p.json", 250.0, 500.0, 60.0, 2, 8, 10.0, (2.0, 10.0), 5.0, 120.0, 1)
+    setup = Setup("p.json", None, 250.0, 500.0, 60.0, 2, 8, 10.0, (2.0, 10.0), 5.0, 120.0, 1)
     assert parse_floors("none", setup, PROFILE) == []
     assert parse_floors("5,3,5", setup, PROFILE) == [3, 5]
     auto = parse_floors("auto", setup, PROFILE)
@@ -348,7 +496,7 @@ def test_report_names_its_own_plot_and_says_when_no_floor_was_swept(tmp_path: Pa
     from bench.loop.run import HERE, Setup, Summary, report
 
     profile = str(HERE / "service_profile.json")
-    setup = Setup(profile, 250.0, 1200.0, 60.0, 1, 10, 10.0, (2.0, 10.0), 5.0, 120.0, 1)
+    setup = Setup(profile, None, 250.0, 1200.0, 60.0, 1, 10, 10.0, (2.0, 10.0), 5.0, 120.0, 1)
     hpa = Summary("spike", "hpa", "queue/replica 1", 100, 0.99, 0.0, 0.0, 900.0, 0.0, 0, 0.0, {})
     text = report(
         setup, [hpa], {"spike": hpa}, [], 7, (16, 0.0), 1.0, tmp_path, "loop-wide", "the command"
