@@ -1,7 +1,9 @@
 """The control-loop benchmark: batchpilot against static and HPA baselines on load traces.
 
 Every run drives one trace through a simulated cluster (``bench.loop.simulator``: the
-runtime's own Batcher on virtual time, the service profile measured from the real model).
+runtime's own Batcher on virtual time, the service profile measured from the real model,
+varied as the real server's batches varied and with its HTTP path, both as recorded in the
+validation).
 Per trace:
 
 * ``batchpilot``: ``metrics.observe`` + ``tuning.decide`` every ``intervalSeconds``;
