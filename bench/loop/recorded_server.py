@@ -6,8 +6,8 @@ too coarse to see how much a batch's time varies while the server also does the 
 of requests arriving meanwhile, and nothing of a single request. The validation needs both,
 so it starts the server through this wrapper, which appends to ``--record``, one line each:
 
-- ``tok SIZE SECONDS`` and ``fwd SIZE SECONDS``: a call of the model class's two stages
-  (tokenise; forward with pooling), each in its own worker thread;
+- ``batch SIZE TOKENISE-SECONDS FORWARD-SECONDS``: the model class's two stages (tokenise;
+  forward with pooling) of a batch, timed in the worker threads that run them;
 - ``req ID SECONDS``: a request's time in ``Runtime.infer`` (queued, batched, run), for the
   requests whose client sent an ``x-request-id`` header. What the client measured beyond
   that is the HTTP path: parsing, validation, encoding, and the event loop's waits.
@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +52,32 @@ class Record:
 
 
 def record_stages(model_class: Any, record: Record) -> None:
-    """Wrap ``model_class._tokenize`` and ``._forward`` so that each call writes its stage,
-    batch size and duration (seconds) to ``record`` as it finishes."""
+    """Wrap ``model_class._tokenize`` and ``._forward`` so that each batch writes its size
+    and both stages' durations (seconds) to ``record`` as its forward pass finishes.
 
-    def timed(stage: str, inner: Callable[..., Any], size: Callable[..., int]) -> Any:
-        def wrapper(self: Any, *args: Any) -> Any:
-            t0 = time.perf_counter()
-            result = inner(self, *args)
-            record.write(f"{stage} {size(*args)} {time.perf_counter() - t0:.6f}")
-            return result
+    The two stages of one batch may run in different threads, and a later batch may overtake
+    an earlier one between them, so a batch's tokenise time is kept under its encoding's
+    identity until the forward pass receives that very encoding."""
+    tokenised: dict[int, float] = {}
+    inner_tokenize, inner_forward = model_class._tokenize, model_class._forward
 
-        return wrapper
+    def tokenize(self: Any, texts: Any) -> Any:
+        t0 = time.perf_counter()
+        encoded = inner_tokenize(self, texts)
+        tokenised[id(encoded)] = time.perf_counter() - t0
+        return encoded
 
-    model_class._tokenize = timed("tok", model_class._tokenize, lambda texts: len(texts))
-    model_class._forward = timed(
-        "fwd", model_class._forward, lambda enc, _kind: int(enc["input_ids"].shape[0])
-    )
+    def forward(self: Any, encoded: Any, kind: Any) -> Any:
+        t0 = time.perf_counter()
+        result = inner_forward(self, encoded, kind)
+        took = time.perf_counter() - t0
+        tok = tokenised.pop(id(encoded), None)
+        if tok is not None:  # None: not a batch (the start-up memory probe)
+            size = int(encoded["input_ids"].shape[0])
+            record.write(f"batch {size} {tok:.6f} {took:.6f}")
+        return result
+
+    model_class._tokenize, model_class._forward = tokenize, forward
 
 
 def record_requests(runtime_class: Any, record: Record) -> None:
@@ -88,27 +98,21 @@ def record_requests(runtime_class: Any, record: Record) -> None:
 
 
 def read_stages(path: Path, skip_lines: int = 0) -> list[tuple[int, float, float]]:
-    """``(size, tokenise seconds, forward seconds)`` per batch from a ``--record`` file,
-    ignoring its first ``skip_lines`` lines. Each stage runs in one thread in batch order,
-    so the n-th ``tok`` line and the n-th ``fwd`` line belong to the same batch."""
-    tok: list[tuple[int, float]] = []
-    fwd: list[tuple[int, float]] = []
-    for line in path.read_text().splitlines()[skip_lines:]:
-        stage, size, seconds = line.split()
-        if stage in ("tok", "fwd"):
-            (tok if stage == "tok" else fwd).append((int(size), float(seconds)))
+    """``(size, tokenise seconds, forward seconds)`` per batch, in the order their forward
+    passes finished, from a ``--record`` file, ignoring its first ``skip_lines`` lines."""
     batches = []
-    for (b, t), (b2, f) in zip(tok, fwd, strict=False):
-        if b != b2:
-            raise ValueError(f"{path}: tokenised {b} items but forwarded {b2}")
-        batches.append((b, t, f))
+    for line in path.read_text().splitlines()[skip_lines:]:
+        kind, *fields = line.split()
+        if kind == "batch":
+            size, tok, fwd = fields
+            batches.append((int(size), float(tok), float(fwd)))
     return batches
 
 
 def read_requests(path: Path, skip_lines: int = 0) -> dict[str, float]:
     """Seconds in the batcher per request id, from a ``--record`` file."""
     lines = (line.split() for line in path.read_text().splitlines()[skip_lines:])
-    return {rid: float(seconds) for stage, rid, seconds in lines if stage == "req"}
+    return {fields[1]: float(fields[2]) for fields in lines if fields[0] == "req"}
 
 
 def line_count(path: Path) -> int:
