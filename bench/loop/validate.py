@@ -320,7 +320,7 @@ class Calibration:
         )
 
     def summary(self) -> dict[str, Any]:
-        outside_ms = np.asarray(self.http_path_s or (0.0,)) * 1e3
+        http_ms = np.asarray(self.http_path_s or (0.0,)) * 1e3
         return {
             "source": self.source,
             "batches": len(self.ratios),
@@ -328,8 +328,8 @@ class Calibration:
             "ratio_p95": self.quantile(0.95),
             "ratio_p99": self.quantile(0.99),
             "requests": len(self.http_path_s),
-            "http_path_ms_p50": float(np.quantile(outside_ms, 0.5)),
-            "http_path_ms_p95": float(np.quantile(outside_ms, 0.95)),
+            "http_path_ms_p50": float(np.quantile(http_ms, 0.5)),
+            "http_path_ms_p95": float(np.quantile(http_ms, 0.95)),
         }
 
 
@@ -428,7 +428,7 @@ def main() -> None:
         asyncio.run(model.warm_up())
     rounds: list[list[Measured]] = [[] for _ in args.rates]
     stages: list[list[list[tuple[int, float, float]]]] = [[] for _ in args.rates]
-    outside: list[list[np.ndarray]] = [[] for _ in args.rates]
+    http_paths: list[list[np.ndarray]] = [[] for _ in args.rates]
     walls: list[float] = [0.0 for _ in args.rates]
     try:
         for k, rate in [(k, r) for _ in range(args.rounds) for k, r in enumerate(args.rates)]:
@@ -447,7 +447,7 @@ def main() -> None:
             real = summarise(rate, arr, lat, args.warmup, args.seconds, batch, busy)
             rounds[k].append(real)
             stages[k].append(read_stages(record, lines_before))
-            outside[k].append(http_path(arr, lat, read_requests(record, lines_before), args))
+            http_paths[k].append(http_path(arr, lat, read_requests(record, lines_before), args))
             print(
                 f"rate {rate:6.1f}/s  real: {real.throughput:6.1f}/s p95 {real.p95_ms:6.1f} ms,"
                 f" batches of {real.mean_batch:.2f} taking {real.batch_ms:.1f} ms",
@@ -464,7 +464,7 @@ def main() -> None:
     chosen = [sorted(range(len(rs)), key=lambda j: rs[j].p95_ms)[len(rs) // 2] for rs in rounds]
     measured = [rs[j] for rs, j in zip(rounds, chosen, strict=True)]
     pairs = held_out(rounds, chosen)
-    http_held_out = np.concatenate([outside[k][j] for k, j in pairs]).tolist()
+    http_held_out = np.concatenate([http_paths[k][j] for k, j in pairs]).tolist()
     held = Calibration.from_batches(
         profile,
         [batch for k, j in pairs for batch in stages[k][j]],
@@ -545,7 +545,7 @@ def main() -> None:
             profile,
             [batch for k, j in ran for batch in stages[k][j]],
             f"all {len(ran)} rounds",
-            np.concatenate([outside[k][j] for k, j in ran]).tolist(),
+            np.concatenate([http_paths[k][j] for k, j in ran]).tolist(),
         )
         median = cal.quantile(0.5)
         served = {
