@@ -15,6 +15,7 @@ import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,17 @@ def model_events(cluster: LocalCluster, namespace: str, name: str) -> list[JSON]
 
 def oldest_first(events: list[JSON]) -> list[JSON]:
     """Events in the order they happened. ``lastTimestamp`` is stored to the second, so
-    ``eventTime`` (microseconds, set by kopf) decides first where there is one."""
-    return sorted(events, key=lambda e: e.get("eventTime") or e.get("lastTimestamp") or "")
+    ``eventTime`` (microseconds, set by kopf) decides first where there is one. Compared as
+    times, not text: ``...:30Z`` sorts after ``...:30.5Z`` as text."""
+
+    def when(event: JSON) -> datetime:
+        stamp = event.get("eventTime") or event.get("lastTimestamp")
+        return datetime.fromisoformat(stamp) if stamp else _NO_TIME
+
+    return sorted(events, key=when)
+
+
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 async def drive(

@@ -20,3 +20,11 @@ def test_events_within_one_second_keep_the_order_they_happened() -> None:
     earlier = {"reason": "Scheduled", "lastTimestamp": "2026-11-27T06:58:29Z", "eventTime": None}
     ordered = oldest_first([in_force, retuned, earlier])
     assert [e["reason"] for e in ordered] == ["Scheduled", "Retuned", "ConfigInForce"]
+
+
+def test_a_whole_second_sorts_before_its_fractions() -> None:
+    # as text, "...:30Z" > "...:30.5Z" ('Z' > '.'); as times it is half a second earlier
+    whole = {"reason": "A", "lastTimestamp": "2026-11-27T06:58:30Z", "eventTime": None}
+    half = {"reason": "B", "eventTime": "2026-11-27T06:58:30.500000Z"}
+    undated = {"reason": "C"}
+    assert [e["reason"] for e in oldest_first([half, whole, undated])] == ["C", "A", "B"]
