@@ -108,6 +108,7 @@ class StatusSample:
     p95_latency_ms: float | None
     action: str | None
     reason: str | None
+    needed_replicas: int | None
     state: str
 
     @classmethod
@@ -129,6 +130,7 @@ class StatusSample:
             p95_latency_ms=st.get("p95LatencyMs"),
             action=decision.get("action"),
             reason=decision.get("reason"),
+            needed_replicas=decision.get("neededReplicas"),
             state=str(ready_cond.get("reason") or ready_cond.get("status") or "Unknown"),
         )
 

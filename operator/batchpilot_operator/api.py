@@ -444,6 +444,15 @@ class LastDecision(_Base):
         default=None, max_length=256, description="What it changed, or hold."
     )
     reason: str | None = Field(default=None, max_length=4096, description="Why.")
+    needed_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "The replicas the observed load needs now, within the bounds. The Deployment "
+            "keeps more while a scale-down waits for autoscaling.scaleDownDelaySeconds. "
+            "Absent when the decision sized nothing (metrics missing or too few)."
+        ),
+    )
 
 
 class SpecBasis(_Base):

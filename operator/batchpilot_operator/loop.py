@@ -344,6 +344,7 @@ class TuningLoop:
                 "time": now_rfc3339(),
                 "action": decision.action,
                 "reason": decision.reason[:4096],
+                "neededReplicas": decision.needed_replicas,
             },
             "loop": loop_memory_status(decision),
         }

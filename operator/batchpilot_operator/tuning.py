@@ -210,6 +210,9 @@ class Decision:
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
     scale_down_delay_s: float | None = None
     """Keep in :class:`CurrentState` for the next tick (see :meth:`next_state`)."""
+    needed_replicas: int | None = None
+    """The replicas the observed load needs now, within the bounds (None: not sized, as when
+    metrics are missing). ``replicas`` stays above it while a scale-down waits its delay."""
 
     def next_state(self, current: CurrentState, now: float) -> CurrentState:
         """The state to keep once this decision is applied: a config change bumps the
@@ -667,4 +670,5 @@ def decide(
         last_overload=last_overload,
         last_miss=last_miss,
         scale_down_delay_s=delay,
+        needed_replicas=rec,
     )

@@ -691,7 +691,12 @@ def test_tuning_hook_applies_a_decision_that_persists(
         assert bm.name == "tuned"
         return replace(state, replicas=3, max_batch_size=64, max_wait_ms=8.0)
 
-    decision = {"time": "2026-01-01T00:00:00Z", "action": "scale-up", "reason": "queue grows"}
+    decision = {
+        "time": "2026-01-01T00:00:00Z",
+        "action": "scale-up",
+        "reason": "queue grows",
+        "neededReplicas": 3,
+    }
     learnt = {"utilizationTarget": 0.75, "scaleDownDelaySeconds": 240.0}
     done = handlers.converge(
         namespace,
@@ -712,8 +717,17 @@ def test_tuning_hook_applies_a_decision_that_persists(
     assert models.must("deployment", "tuned")["spec"]["replicas"] == 3
     status = models.must("batchedmodel", "tuned")["status"]
     assert status["tuned"]["replicas"] == 3
-    assert status["lastDecision"] == decision
-    assert status["loop"] == learnt  # in the CRD's schema: not pruned
+    assert status["lastDecision"] == decision  # in the CRD's schema: not pruned
+    assert status["loop"] == learnt
+    # A decision that sized nothing clears the need of the one before (null in the merge)
+    unsized = {"time": "2026-01-01T00:00:05Z", "action": "hold", "reason": "metrics missing"}
+    handlers.converge(
+        namespace,
+        "tuned",
+        api_clients=clients,
+        extra_status={"lastDecision": {**unsized, "neededReplicas": None}},
+    )
+    assert models.must("batchedmodel", "tuned")["status"]["lastDecision"] == unsized
     # What the pods report running (the loop reads it from their metrics) is what status
     # shows as in force; a reconcile that does not know it leaves it alone.
     reported = BatchingConfig(maxBatchSize=32, maxWaitMs=5.0, generation=1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from typing import Any
 
@@ -187,18 +186,12 @@ def test_load_step_retunes_batching_and_idle_replicas_go_after_the_delay(
 # one of the machine's two cores.
 BEYOND_ONE = 50.0
 BEYOND_FOR_S = 45.0
-# The replicas a decision sized the load at, in its reason ("..., 2 at 80% busy").
-NEED = re.compile(r"(\d+) at \d+% busy")
 
 
 def last_need_for_two(result: ScenarioResult) -> float | None:
     """Seconds into the load of the last status sample whose decision sized it at two or
     more replicas, or of the scale-up itself, whichever is later."""
-    times = [
-        s.t
-        for s in result.samples
-        if s.reason and (m := NEED.search(s.reason)) and int(m.group(1)) >= 2
-    ]
+    times = [s.t for s in result.samples if (s.needed_replicas or 0) >= 2]
     scaled = [s.t for s in result.samples if s.desired >= 2][:1]
     return max(times + scaled, default=None)
 

@@ -244,6 +244,7 @@ async def test_first_tick_takes_a_baseline_and_holds() -> None:
     last = kube.applied[-1]
     assert last["in_force"].generation == 1
     assert last["extra"]["lastDecision"]["action"] == "hold"
+    assert last["extra"]["lastDecision"]["neededReplicas"] is None  # no window: nothing sized
     assert "requestsPerSecond" not in last["extra"]  # no window yet
     assert kube.touched == []
 
@@ -264,6 +265,7 @@ async def test_a_growing_queue_scales_up_with_an_event_and_status() -> None:
     assert result.decision.replicas > 1
     assert kube.status["tuned"]["replicas"] == result.decision.replicas
     assert kube.status["lastDecision"]["action"].startswith("scale-up")
+    assert kube.status["lastDecision"]["neededReplicas"] == result.decision.replicas
     assert kube.status["requestsPerSecond"] == pytest.approx(120.0, abs=0.1)  # 80 + 200/5
     assert kube.status["queueDepth"] == 200.0
     assert [e.reason for e in result.events][:1] == ["ScaledUp"]

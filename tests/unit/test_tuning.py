@@ -111,8 +111,10 @@ def test_no_observation_holds() -> None:
     assert not d.replicas_changed
     assert not d.config_changed
     assert "no metrics" in d.reason
+    assert d.needed_replicas is None  # nothing sized
     d = decide(obs(paired=0), state(), SPEC, now=0.0)
     assert d.action == "hold"
+    assert d.needed_replicas is None
 
 
 def test_service_model_picks_largest_batch_meeting_target_and_sizes_replicas() -> None:
@@ -289,6 +291,8 @@ def test_scale_down_waits_for_the_delay_then_steps() -> None:
     assert replicas == sorted(replicas, reverse=True)
     assert final.replicas < 8
     assert "scale down" in decisions[first_down].reason
+    # meanwhile the decisions say what the load needs, below what they keep
+    assert all(d.needed_replicas == 1 for d in decisions[1:first_down])
 
 
 def test_scale_down_goes_only_to_the_highest_recent_need() -> None:
