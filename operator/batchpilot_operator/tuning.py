@@ -107,8 +107,9 @@ class TuningSpec:
     follow it down to the highest need of this share of the delay: a load tapering off is
     not a burst that ended and may come back."""
     taper_step: float = 0.1
-    """A steady fall: the need never rose, fell by at most this share (at least one
-    replica) from one tick to the next, and by two replicas or more in all."""
+    """A steady fall: the need never went above where it started, fell by at most this
+    share (at least one replica) from one tick to the next, and by two replicas or more in
+    all."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -519,11 +520,13 @@ def _in_window_before(when: float | None, spec: TuningSpec, now: float) -> bool:
 
 
 def _tapering(needs: list[int], step: float) -> bool:
-    """Whether the recommendations, oldest first, fell steadily: never up, at most ``step``
-    of the count (at least one replica) at a time, and by two replicas or more in all. A
-    burst's end or a step down falls at once; noise at a boundary goes up again."""
-    steady = all(0 <= a - b <= max(1, math.floor(step * a)) for a, b in pairwise(needs))
-    return steady and needs[0] - needs[-1] >= 2
+    """Whether the recommendations, oldest first, fell steadily: never above where they
+    started, down by at most ``step`` of the count (at least one replica) at a time, and by
+    two replicas or more in all. A burst's end or a step down falls at once; noise at a
+    boundary goes above where it started. Noise on the way down (10, 9, 10, 9, 8) does not
+    hide the fall."""
+    gentle = all(a - b <= max(1, math.floor(step * a)) for a, b in pairwise(needs))
+    return gentle and max(needs) == needs[0] and needs[0] - needs[-1] >= 2
 
 
 def _outside_batcher_ms(obs: Observation) -> float | None:

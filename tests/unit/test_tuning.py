@@ -355,6 +355,10 @@ def test_a_need_falling_steadily_is_followed_after_a_share_of_the_delay() -> Non
     assert d.recommendations[-1][1] == 5
     assert d.replicas == 6
     assert "need falling steadily for 120 s: scale down to 6" in d.reason
+    # noise on the way down that stays below where the delay began still tapers
+    noisy = after_needs([8, 8, 8, 7, 8, 7, 6, 6, 5], rate=1300.0)
+    assert noisy.replicas == 6
+    assert "need falling steadily" in noisy.reason
     # already at 6: the last 30 s is what holds it
     needs = [8, 8, 8, 7, 7, 6, 6, 6, 6]
     recent = tuple(zip(range(-135, 0, 15), needs, strict=True))
@@ -367,7 +371,7 @@ def test_a_need_falling_steadily_is_followed_after_a_share_of_the_delay() -> Non
     ("needs", "replicas", "why"),
     [
         ([8, 8, 8, 8, 8, 8, 8, 8, 5], 8, "a cliff: a burst or a step ended"),
-        ([8, 8, 7, 8, 7, 7, 6, 6, 5], 8, "it rose on the way: noise, not a trend"),
+        ([8, 8, 7, 8, 7, 7, 6, 6, 5], 8, "above where the delay began (7): noise, no trend"),
         ([6, 6, 6, 6, 6, 6, 6, 6, 5], 6, "one replica is no trend"),
     ],
 )
@@ -386,6 +390,8 @@ def test_a_steady_fall_is_relative_to_the_count() -> None:
     assert not _tapering([50, 44, 41, 37], 0.1)
     assert _tapering([3, 2, 1], 0.1)
     assert not _tapering([3, 1], 0.1)
+    assert _tapering([10, 9, 10, 9, 8], 0.1)  # back up, never above the start
+    assert not _tapering([9, 10, 9, 8, 7], 0.1)  # above the start: a plateau's noise
 
 
 def test_bounds_are_always_respected() -> None:
