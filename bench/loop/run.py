@@ -496,12 +496,12 @@ def _validation_table(path: Path) -> str:
     if not path.exists():
         return f"(no `{path.name}`: run `python -m bench.loop.validate`)"
     data = json.loads(path.read_text())
-    cal = data["calibration"]
+    held = data["calibration"]
     http = (
-        f"; the HTTP path (a request's latency at the client beyond its time in the batcher)"
-        f" p50 {cal['http_path_ms_p50']:.1f} ms, p95 {cal['http_path_ms_p95']:.1f} ms over"
-        f" {cal['requests']} requests"
-        if cal.get("requests")
+        f", each request adding an HTTP path (its latency at the client beyond its time in the"
+        f" batcher) drawn from the other rounds' {held['requests']} (p50"
+        f" {held['http_path_ms_p50']:.1f} ms, p95 {held['http_path_ms_p95']:.1f} ms)"
+        if held.get("requests")
         else ""
     )
     lines = [
@@ -509,14 +509,16 @@ def _validation_table(path: Path) -> str:
         f"{', on a core of its own' if data.get('server_on_own_core') else ''}); batching "
         f"{data['config']['maxBatchSize']} / {data['config']['maxWaitMs']} ms; machine load "
         f"average {data.get('loadavg', '?')}. Real: the round with the median p95 of those run"
-        " (same arrivals each round; their range shows the machine's own spread). Simulated"
-        f" with what the runtime recorded in {cal['source']}: {cal['batches']} batches' service"
-        f" times over the profile's, median x{cal['ratio_p50']:.2f}, p95"
-        f" x{cal['ratio_p95']:.2f}{http}. No latency of a compared round is used.",
+        " (same arrivals each round; their range shows the machine's own spread). Simulated:"
+        " the compared round's own batches' service times over the profile's, replayed in"
+        f" step with its arrivals{http}. From other rounds: the service times too come from"
+        f" {held['source']} ({held['batches']} batches, median x{held['ratio_p50']:.2f}, p95"
+        f" x{held['ratio_p95']:.2f}), replayed from a random point. No latency of a compared"
+        " round is used.",
         "",
         "| rate/s | real tput/s | sim tput/s | diff | real p95 ms (rounds) | sim p95 ms | diff |"
-        " without the HTTP path | profile alone |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " from other rounds | without the HTTP path | profile alone |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["rows"]:
         re, si = r["real"], r["simulated"]
@@ -525,7 +527,8 @@ def _validation_table(path: Path) -> str:
             f"| {r['rate']:g} | {re['throughput']:.1f} | {si['throughput']:.1f} |"
             f" {r['throughput_diff_pct']:+.1f}% | {re['p95_ms']:.0f}"
             f" ({min(spread):.0f}-{max(spread):.0f}) | {si['p95_ms']:.0f} |"
-            f" {r['p95_diff_pct']:+.1f}% | {r['service_times_only']['p95_diff_pct']:+.1f}% |"
+            f" {r['p95_diff_pct']:+.1f}% | {r['held_out']['p95_diff_pct']:+.1f}% |"
+            f" {r['service_times_only']['p95_diff_pct']:+.1f}% |"
             f" {r['model_only']['p95_diff_pct']:+.1f}% |"
         )
     return "\n".join(lines)
