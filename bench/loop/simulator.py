@@ -395,9 +395,11 @@ class Cluster:
         self, telemetry: Telemetry, arrival: float, offset: float, fut: asyncio.Future[Any]
     ) -> None:
         took = self.now - offset - arrival
+        # The HTTP path counts on the client's clock and on the runtime's histogram too:
+        # the runtime's request duration runs from reading the body to encoding the answer.
         http = self.profile.http_path_s
-        if http:  # on the client's clock and on the runtime's: its request duration covers
-            took += http[self._http_rng.randrange(len(http))]  # reading to encoding
+        if http:
+            took += http[self._http_rng.randrange(len(http))]
         exc = fut.exception()
         if exc is None:
             telemetry.request_done("ok", took)
