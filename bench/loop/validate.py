@@ -339,8 +339,12 @@ def held_out(rounds: list[list[Measured]], chosen: list[int]) -> list[tuple[int,
     times enter its simulation. With one round, there is nothing else: the compared rounds
     themselves."""
     pairs = [(k, j) for k, rs in enumerate(rounds) for j in range(len(rs)) if j != chosen[k]]
-    pairs = pairs or [(k, chosen[k]) for k in range(len(rounds))]
-    return sorted(pairs, key=lambda kj: (kj[1], kj[0]))  # the order they ran in
+    return in_run_order(pairs or [(k, chosen[k]) for k in range(len(rounds))])
+
+
+def in_run_order(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(rate, round) pairs in the order they ran: every rate of a round, round after round."""
+    return sorted(pairs, key=lambda kj: (kj[1], kj[0]))
 
 
 def http_path(
@@ -458,22 +462,27 @@ def main() -> None:
             server.close()
         if model is not None:
             model.close()
-            if recording is not None:
-                recording.close()
+        if recording is not None:
+            recording.close()
         record.unlink(missing_ok=True)
     chosen = [sorted(range(len(rs)), key=lambda j: rs[j].p95_ms)[len(rs) // 2] for rs in rounds]
     measured = [rs[j] for rs, j in zip(rounds, chosen, strict=True)]
+
+    def from_rounds(pairs: list[tuple[int, int]], source: str) -> Calibration:
+        """What the runtime recorded in these (rate, round) pairs, in that order."""
+        return Calibration.from_batches(
+            profile,
+            [batch for k, j in pairs for batch in stages[k][j]],
+            source,
+            np.concatenate([http_paths[k][j] for k, j in pairs]).tolist(),
+        )
+
     pairs = held_out(rounds, chosen)
-    http_held_out = np.concatenate([http_paths[k][j] for k, j in pairs]).tolist()
-    held = Calibration.from_batches(
-        profile,
-        [batch for k, j in pairs for batch in stages[k][j]],
-        (
-            f"the {len(pairs)} rounds not compared"
-            if len(pairs) < sum(map(len, rounds))
-            else "the compared rounds (one round only)"
-        ),
-        http_held_out,
+    held = from_rounds(
+        pairs,
+        f"the {len(pairs)} rounds not compared"
+        if len(pairs) < sum(map(len, rounds))
+        else "the compared rounds (one round only)",
     )
     summary = held.summary()
     print(
@@ -489,7 +498,7 @@ def main() -> None:
         # the simulation's input (the machine's speed drifts between rounds by as much as
         # the goal's 15%); its latency is not: the HTTP path comes from the other rounds.
         own = Calibration.from_batches(
-            profile, stages[k][chosen[k]], "the compared round", http_held_out
+            profile, stages[k][chosen[k]], "the compared round", held.http_path_s
         )
         in_step = replace(own.apply(profile), jitter_offset=0)
         runs = {}
@@ -538,15 +547,8 @@ def main() -> None:
         + "\n"
     )
     if args.write_served and server is not None:
-        ran = sorted(
-            ((k, j) for k, rs in enumerate(rounds) for j in range(len(rs))), key=lambda kj: kj[::-1]
-        )
-        cal = Calibration.from_batches(
-            profile,
-            [batch for k, j in ran for batch in stages[k][j]],
-            f"all {len(ran)} rounds",
-            np.concatenate([http_paths[k][j] for k, j in ran]).tolist(),
-        )
+        ran = in_run_order([(k, j) for k, rs in enumerate(rounds) for j in range(len(rs))])
+        cal = from_rounds(ran, f"all {len(ran)} rounds")
         median = cal.quantile(0.5)
         served = {
             "source": f"bench.loop.validate: the runtime server, {cal.source}, at"
