@@ -623,7 +623,11 @@ def decide(
     # fast the backlog goes.
     starting = obs.pods_expected < current.replicas
     draining = obs.queue_depth > 0 and obs.throughput > obs.arrival_rate
-    if missed and lasting and not starting and not just_scaled and not draining:
+    # Nor when the pods are not saturated and the demand needs fewer replicas than run: the
+    # miss is then the tail of a backlog already paid (the requests answered in this window
+    # waited through it), not a want of replicas.
+    spare = not busy_pods and rec < current.replicas
+    if missed and lasting and not starting and not just_scaled and not draining and not spare:
         rec = max(rec, current.replicas + 1)
         load_note += "; p95 missed under overload: at least one more replica"
     rec = int(_clamp(rec, spec.min_replicas, spec.max_replicas))

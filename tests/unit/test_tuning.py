@@ -596,3 +596,21 @@ def test_no_extra_replica_while_the_queue_drains() -> None:
     assert "at least one more" not in d.reason
     growing = replace(draining, throughput=700.0)
     assert decide(growing, state(replicas=4, utilization_target=0.7), SPEC, now=0.0).replicas == 5
+
+
+def test_no_extra_replica_for_the_tail_of_a_backlog_already_paid() -> None:
+    # a spike's backlog is paid: the queue is empty, the pods half busy, but this window's
+    # requests waited through it, so the p95 misses, mostly outside the batcher (the queue
+    # wait was counted in the window before): starved twice in a row
+    tail = replace(obs(rate=100, p95_ms=1200, util=0.5, fit=None, pods=6), queue_wait_p95_s=0.01)
+    cur = state(replicas=6, max_batch_size=20, last_overload=-SPEC.interval_s)
+    d = decide(tail, cur, SPEC, now=0.0)
+    assert "outside the batcher" in d.reason
+    assert d.needed_replicas == 5  # 6 x 0.5 / 0.7 busy
+    assert d.replicas == 6  # held by the scale-down delay, and no seventh on top
+    assert "at least one more" not in d.reason
+    # the same miss when the demand needs every replica that runs: one more
+    busy = replace(tail, utilization=0.65)  # 6 x 0.65 / 0.7 busy: all 6 needed
+    d = decide(busy, cur, SPEC, now=0.0)
+    assert d.replicas == 7
+    assert "at least one more" in d.reason
