@@ -663,9 +663,11 @@ Goal per trace (batchpilot against the strongest HPA setting):
 
 - It models the dispatch (the runtime's own Batcher), the model's two stages with the spread
   the server showed, the HTTP path as recorded per request, the Service, pod start-up and
-  ConfigMap propagation. What it replays was recorded at one replica's low rates (batches of
-  1-4); how the spread and the HTTP path grow with larger batches and busier event loops is
-  not measured, nor any interference between pods sharing a node.
+  ConfigMap propagation. What it replays was recorded at one replica, from light load to
+  near saturation (batches of 1 to about 30), and pooled: each request's HTTP path is drawn
+  whatever its replica's load (the saturated rounds' tail reaches replicas with room too),
+  the service times keep the profile's speed (normalised to their median), and no
+  interference between pods sharing a node is modelled.
 - No reactive policy absorbs an instantaneous multiple of the load within a pod's start-up
   delay without standing headroom: the step, the bursts and the spike cost every autoscaler
   the requests that arrive before new pods are ready. The instant reference measures that
