@@ -482,13 +482,24 @@ def _spread_line(profile: dict[str, Any], served_path: str | None) -> str:
         )
     served = json.loads(Path(served_path).read_text())
     jitter, http = served["jitter"], np.asarray(served["http_path_seconds"]) * 1e3
+    by_rate = served.get("http_path_by_rate", {})
+    drawn = (
+        " drawn from the recording at the request rate nearest to what its replica received"
+        " over the last 2 s (p95 "
+        + ", ".join(
+            f"{1e3 * float(np.quantile(times, 0.95)):.1f} ms at {rate}/s"
+            for rate, times in sorted(by_rate.items(), key=lambda kv: float(kv[0]))
+        )
+        + f"; all rates pooled: p50 {float(np.median(http)):.1f} ms)."
+        if by_rate
+        else f" drawn from the distribution recorded there (p50 {float(np.median(http)):.1f} ms,"
+        f" p95 {float(np.quantile(http, 0.95)):.1f} ms)."
+    )
     return (
         f"each batch scaled by a ratio replayed in order, from a random point per replica, from"
         f" what the real server recorded in the validation (`{served_path}`: {len(jitter)}"
         f" batches, over their median: p95 {float(np.quantile(jitter, 0.95)):.2f}, p99"
-        f" {float(np.quantile(jitter, 0.99)):.2f}); each request adds an HTTP path drawn from"
-        f" the distribution recorded there (p50 {float(np.median(http)):.1f} ms, p95"
-        f" {float(np.quantile(http, 0.95)):.1f} ms)."
+        f" {float(np.quantile(jitter, 0.99)):.2f}); each request adds an HTTP path{drawn}"
     )
 
 
@@ -497,10 +508,17 @@ def _validation_table(path: Path) -> str:
         return f"(no `{path.name}`: run `python -m bench.loop.validate`)"
     data = json.loads(path.read_text())
     held = data["calibration"]
+    by_rate = held.get("http_path_ms_p95_by_rate", {})
     http = (
         f", each request adding an HTTP path (its latency at the client beyond its time in the"
-        f" batcher) drawn from the other rounds' {held['requests']} (p50"
-        f" {held['http_path_ms_p50']:.1f} ms, p95 {held['http_path_ms_p95']:.1f} ms)"
+        f" batcher) drawn from the other rounds' {held['requests']}"
+        + (
+            " at its rate (p95 "
+            + ", ".join(f"{ms:.1f} ms at {rate}/s" for rate, ms in by_rate.items())
+            + ")"
+            if by_rate
+            else f" (p50 {held['http_path_ms_p50']:.1f} ms, p95 {held['http_path_ms_p95']:.1f} ms)"
+        )
         if held.get("requests")
         else ""
     )
@@ -664,10 +682,11 @@ Goal per trace (batchpilot against the strongest HPA setting):
 - It models the dispatch (the runtime's own Batcher), the model's two stages with the spread
   the server showed, the HTTP path as recorded per request, the Service, pod start-up and
   ConfigMap propagation. What it replays was recorded at one replica, from light load to
-  near saturation (batches of 1 to about 30), and pooled: each request's HTTP path is drawn
-  whatever its replica's load (the saturated rounds' tail reaches replicas with room too),
-  the service times keep the profile's speed (normalised to their median), and no
-  interference between pods sharing a node is modelled.
+  near saturation (batches of 1 to about 30). Each request's HTTP path is drawn from the
+  recording at the rate nearest its replica's, but the service times are pooled over all
+  rates (a replica with room replays the saturated rounds' slow spells too) and keep the
+  profile's speed (normalised to their median); no interference between pods sharing a node
+  is modelled.
 - No reactive policy absorbs an instantaneous multiple of the load within a pod's start-up
   delay without standing headroom: the step, the bursts and the spike cost every autoscaler
   the requests that arrive before new pods are ready. The instant reference measures that

@@ -21,6 +21,7 @@ import json
 import math
 import random
 import selectors
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,6 +35,11 @@ from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.telemetry import Telemetry
 
 T = TypeVar("T")
+
+RATE_WINDOW_S = 2.0
+"""How far back a replica's request rate is counted (for its HTTP path): long enough that
+Poisson noise at 30 requests/s is 13% (one standard deviation), short enough to follow a
+scale-up."""
 
 # --------------------------------------------------------------------------- virtual time
 
@@ -114,6 +120,18 @@ class ServiceProfile:
     path (reading, parsing and validating it, encoding the answer, and the event loop's
     waits for the GIL meanwhile), recorded per request by ``bench.loop.validate`` against
     the real server; each simulated request draws one (empty: none)."""
+    http_path_by_rate: tuple[tuple[float, tuple[float, ...]], ...] = ()
+    """The same recording per request rate at one replica, ascending by rate. The HTTP work
+    shares a core with the model, so its tail grows with the load; when given, a request
+    draws from the recording whose rate is nearest to what its replica receives (its
+    arrivals over the last ``RATE_WINDOW_S``), not from ``http_path_s``."""
+
+    def http_path_at(self, rate: float) -> tuple[float, ...]:
+        """The HTTP path recorded nearest to ``rate`` requests per second at one replica
+        (``http_path_s`` when nothing was recorded per rate)."""
+        if not self.http_path_by_rate:
+            return self.http_path_s
+        return min(self.http_path_by_rate, key=lambda entry: abs(entry[0] - rate))[1]
 
     @classmethod
     def load(cls, path: Path, *, smooth: bool = True, served: Path | None = None) -> ServiceProfile:
@@ -121,7 +139,7 @@ class ServiceProfile:
         their least-squares line (the measurement noise of single sizes is not physics).
         ``served`` (``bench.loop.validate --write-served``'s JSON: what the real server
         recorded) replaces the in-process profile's spread with the server's, in order, and
-        adds the HTTP path."""
+        adds the HTTP path (per request rate, when recorded so)."""
         data = json.loads(path.read_text())
         sizes = data["batch_sizes"]
         if sizes != list(range(1, len(sizes) + 1)):
@@ -139,6 +157,12 @@ class ServiceProfile:
             jitter=tuple(float(x) for x in spread.get("jitter", ())),
             jitter_in_order=bool(spread.get("jitter_in_order", False)),
             http_path_s=tuple(float(x) for x in spread.get("http_path_seconds", ())),
+            http_path_by_rate=tuple(
+                sorted(
+                    (float(rate), tuple(float(x) for x in times))
+                    for rate, times in spread.get("http_path_by_rate", {}).items()
+                )
+            ),
         )
 
     @classmethod
@@ -248,6 +272,15 @@ class Replica:
     telemetry: Telemetry
     ended: float | None = None
     draining: bool = False
+    arrivals: deque[float] = field(default_factory=deque)
+    """Arrival times of its requests over the last ``RATE_WINDOW_S``."""
+
+    def arrival_rate(self, now: float) -> float:
+        """Requests per second it received over the last ``RATE_WINDOW_S`` (or since it
+        became ready, at least half a second, if that is shorter)."""
+        while self.arrivals and self.arrivals[0] < now - RATE_WINDOW_S:
+            self.arrivals.popleft()
+        return len(self.arrivals) / max(0.5, min(RATE_WINDOW_S, now - self.ready_at))
 
     @property
     def config(self) -> BatchingConfig:
@@ -382,6 +415,11 @@ class Cluster:
             log.latency.append(math.inf)
             return
         r = ready[self._rng.randrange(len(ready))] if len(ready) > 1 else ready[0]
+        http = self.profile.http_path_s
+        if self.profile.http_path_by_rate:
+            now = self.now
+            r.arrivals.append(now)
+            http = self.profile.http_path_at(r.arrival_rate(now))
         try:
             fut = r.batcher.submit("embed", None)
         except QueueFull:
@@ -389,15 +427,19 @@ class Cluster:
             log.arrival.append(arrival)
             log.latency.append(math.inf)
             return
-        fut.add_done_callback(partial(self._done, r.telemetry, arrival, offset))
+        fut.add_done_callback(partial(self._done, r.telemetry, arrival, offset, http))
 
     def _done(
-        self, telemetry: Telemetry, arrival: float, offset: float, fut: asyncio.Future[Any]
+        self,
+        telemetry: Telemetry,
+        arrival: float,
+        offset: float,
+        http: tuple[float, ...],
+        fut: asyncio.Future[Any],
     ) -> None:
         took = self.now - offset - arrival
         # The HTTP path counts on the client's clock and on the runtime's histogram too:
         # the runtime's request duration runs from reading the body to encoding the answer.
-        http = self.profile.http_path_s
         if http:
             took += http[self._http_rng.randrange(len(http))]
         exc = fut.exception()

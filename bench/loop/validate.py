@@ -15,7 +15,8 @@ and per request, its time in the batcher (``bench.loop.recorded_server``); the c
 the rest of each request's latency, the HTTP path. Every rate is run ``--rounds`` times
 with the same arrivals; the round with the median p95 is compared. The simulated replica
 replays that round's own batches' service times over the profile's, in step with its
-arrivals, and draws each request's HTTP path from what the *other* rounds recorded; a second
+arrivals, and draws each request's HTTP path from what the *other* rounds recorded at the
+same rate (the HTTP work shares the model's core: its tail grows with the load); a second
 prediction takes the service times from the other rounds too, in the order they ran (slow
 spells last), from a random point. No latency or throughput of a compared round enters its
 simulation; the rounds' range is kept as the machine's own spread. The highest rate runs
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -298,7 +299,10 @@ class Calibration:
     source: str
     http_path_s: tuple[float, ...] = ()
     """Sorted: what each request's latency at the client had beyond its time in the batcher
-    (the HTTP path); each simulated request draws one. Empty in-process."""
+    (the HTTP path), all rates pooled. Empty in-process."""
+    http_path_by_rate: tuple[tuple[float, tuple[float, ...]], ...] = ()
+    """The same per request rate, ascending, each sorted: a simulated request draws from the
+    rate nearest to its replica's (see ``ServiceProfile.http_path_by_rate``)."""
 
     @classmethod
     def from_batches(
@@ -306,19 +310,29 @@ class Calibration:
         profile: ServiceProfile,
         batches: Sequence[tuple[int, float, float]],
         source: str,
-        http_path_s: Sequence[float] = (),
+        http_path_by_rate: Mapping[float, Sequence[float]] | None = None,
     ) -> Calibration:
         if not batches:
             raise ValueError(f"no batches recorded in {source}")
         ratios = tuple((tok + fwd) / profile.total_s(b) for b, tok, fwd in batches)
-        return cls(ratios, source, tuple(sorted(http_path_s)))
+        by_rate = tuple(
+            (float(rate), tuple(sorted(times)))
+            for rate, times in sorted((http_path_by_rate or {}).items())
+            if len(times)
+        )
+        pooled = tuple(sorted(x for _, times in by_rate for x in times))
+        return cls(ratios, source, pooled, by_rate)
 
     def quantile(self, q: float) -> float:
         return float(np.quantile(self.ratios, q))
 
     def apply(self, profile: ServiceProfile) -> ServiceProfile:
         return replace(
-            profile, jitter=self.ratios, jitter_in_order=True, http_path_s=self.http_path_s
+            profile,
+            jitter=self.ratios,
+            jitter_in_order=True,
+            http_path_s=self.http_path_s,
+            http_path_by_rate=self.http_path_by_rate,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -332,6 +346,10 @@ class Calibration:
             "requests": len(self.http_path_s),
             "http_path_ms_p50": float(np.quantile(http_ms, 0.5)),
             "http_path_ms_p95": float(np.quantile(http_ms, 0.95)),
+            "http_path_ms_p95_by_rate": {
+                f"{rate:g}": 1e3 * float(np.quantile(times, 0.95))
+                for rate, times in self.http_path_by_rate
+            },
         }
 
 
@@ -360,6 +378,11 @@ def http_path(
     inside = (arrival >= args.warmup) & (arrival < args.seconds) & np.isfinite(latency)
     ids = [i for i in np.flatnonzero(inside) if str(i) in in_batcher]
     return np.array([max(0.0, latency[i] - in_batcher[str(i)]) for i in ids])
+
+
+def quantiles(times: Sequence[float], n: int = 201) -> list[float]:
+    """``n`` evenly spaced quantiles of ``times``, in seconds to 10 microseconds."""
+    return [round(float(q), 5) for q in np.quantile(times, np.linspace(0, 1, n))]
 
 
 def compare(real: Measured, sim: Measured) -> dict[str, Any]:
@@ -472,11 +495,11 @@ def main() -> None:
 
     def from_rounds(pairs: list[tuple[int, int]], source: str) -> Calibration:
         """What the runtime recorded in these (rate, round) pairs, in that order."""
+        by_rate: dict[float, list[float]] = {}
+        for k, j in pairs:
+            by_rate.setdefault(args.rates[k], []).extend(http_paths[k][j].tolist())
         return Calibration.from_batches(
-            profile,
-            [batch for k, j in pairs for batch in stages[k][j]],
-            source,
-            np.concatenate([http_paths[k][j] for k, j in pairs]).tolist(),
+            profile, [batch for k, j in pairs for batch in stages[k][j]], source, by_rate
         )
 
     pairs = held_out(rounds, chosen)
@@ -500,13 +523,13 @@ def main() -> None:
         # the simulation's input (the machine's speed drifts between rounds by as much as
         # the goal's 15%); its latency is not: the HTTP path comes from the other rounds.
         own = Calibration.from_batches(
-            profile, stages[k][chosen[k]], "the compared round", held.http_path_s
+            profile, stages[k][chosen[k]], "the compared round", dict(held.http_path_by_rate)
         )
         in_step = replace(own.apply(profile), jitter_offset=0)
         runs = {}
         for key, prof in (
             ("model_only", profile),
-            ("service_times_only", replace(in_step, http_path_s=())),
+            ("service_times_only", replace(in_step, http_path_s=(), http_path_by_rate=())),
             ("calibrated", in_step),
             ("held_out", held.apply(profile)),
         ):
@@ -559,10 +582,12 @@ def main() -> None:
             # Over their median: the loop benchmark keeps the profile's speed and takes the
             # spread and how long slow spells last, not the machine's speed that day.
             "jitter": [round(r / median, 3) for r in cal.ratios],
-            # i.i.d. draws: 201 quantiles carry the distribution
-            "http_path_seconds": [
-                round(float(q), 5) for q in np.quantile(cal.http_path_s, np.linspace(0, 1, 201))
-            ],
+            # i.i.d. draws: 201 quantiles carry each distribution
+            "http_path_seconds": quantiles(cal.http_path_s),
+            # per request rate at the replica: the HTTP work's tail grows with the load
+            "http_path_by_rate": {
+                f"{rate:g}": quantiles(times) for rate, times in cal.http_path_by_rate
+            },
         }
         args.write_served.write_text(json.dumps(served, separators=(",", ":")) + "\n")
 

@@ -90,13 +90,19 @@ def test_profile_loads_the_benchmark_json(tmp_path: Path) -> None:
     recorded = tmp_path / "served.json"
     recorded.write_text(
         __import__("json").dumps(
-            {"jitter": [1.3, 1.0, 1.6], "jitter_in_order": True, "http_path_seconds": [0.002]}
+            {
+                "jitter": [1.3, 1.0, 1.6],
+                "jitter_in_order": True,
+                "http_path_seconds": [0.002, 0.009],
+                "http_path_by_rate": {"90": [0.009], "30": [0.002]},
+            }
         )
     )
     served = ServiceProfile.load(path, served=recorded)
     assert served.jitter == (1.3, 1.0, 1.6)
     assert served.jitter_in_order
-    assert served.http_path_s == (0.002,)
+    assert served.http_path_s == (0.002, 0.009)
+    assert served.http_path_by_rate == ((30.0, (0.002,)), (90.0, (0.009,)))
     assert served.forward_s(5) == smooth.forward_s(5)  # the stages stay the profile's
 
 
@@ -173,15 +179,41 @@ def test_the_http_path_is_the_client_latency_beyond_the_batcher() -> None:
     assert http_path(arrival, latency, in_batcher, window) == pytest.approx([0.009, 0.006])
     assert http_path(arrival, latency, {}, window).size == 0
 
-    cal = Calibration.from_batches(PROFILE, [(1, 0.001, 0.012)], "test", [0.006, 0.002])
+    cal = Calibration.from_batches(PROFILE, [(1, 0.001, 0.012)], "test", {20.0: [0.006, 0.002]})
     assert cal.http_path_s == (0.002, 0.006)
+    assert cal.http_path_by_rate == ((20.0, (0.002, 0.006)),)
     assert cal.summary()["http_path_ms_p95"] == pytest.approx(5.8)
     # Every simulated request gets one draw of the HTTP path on top of its time in the batcher
     config = BatchingConfig(max_batch_size=32, max_wait_ms=2.0)
     with_http = simulate_one(cal.apply(PROFILE), config, 20.0, 10.0, 1)[1]
-    bare = simulate_one(replace(cal.apply(PROFILE), http_path_s=()), config, 20.0, 10.0, 1)[1]
+    no_http = replace(cal.apply(PROFILE), http_path_s=(), http_path_by_rate=())
+    bare = simulate_one(no_http, config, 20.0, 10.0, 1)[1]
     added = np.round(with_http - bare, 9)
     assert set(added) == {0.002, 0.006}
+
+
+def test_a_request_draws_the_http_path_recorded_nearest_its_replicas_rate() -> None:
+    from dataclasses import replace
+
+    from bench.loop.validate import Calibration, simulate_one
+
+    recorded = {30.0: [0.001], 150.0: [0.050]}
+    cal = Calibration.from_batches(PROFILE, [(1, 0.001, 0.012)], "test", recorded)
+    assert cal.http_path_s == (0.001, 0.050)  # pooled, for the summary
+    profile = cal.apply(PROFILE)
+    assert profile.http_path_at(20.0) == (0.001,)
+    assert profile.http_path_at(100.0) == (0.050,)  # nearer 150 than 30
+    assert profile.http_path_at(900.0) == (0.050,)
+    config = BatchingConfig(max_batch_size=32, max_wait_ms=2.0)
+    bare = replace(profile, http_path_s=(), http_path_by_rate=())
+
+    def added(rate: float) -> np.ndarray:
+        with_http = simulate_one(profile, config, rate, 10.0, 1)[1]
+        return np.round(with_http - simulate_one(bare, config, rate, 10.0, 1)[1], 9)
+
+    # a replica's rate is counted over its last two seconds: after the first, one recording
+    assert set(added(25.0)[50:]) == {0.001}
+    assert set(added(140.0)[300:]) == {0.050}
 
 
 def test_held_out_rounds_exclude_the_compared_ones() -> None:
