@@ -513,6 +513,22 @@ def test_the_kept_setting_is_the_cheapest_meeting_the_share_else_the_best_share(
     assert cheapest(runs, 0.9995).setting == "a"  # none meets it: the largest share
 
 
+def test_the_cost_at_equal_service_is_against_the_cheapest_hpa_with_batchpilots_share() -> None:
+    from bench.loop.run import Summary, _at_equal_share
+
+    def run(policy: str, setting: str, within: float, replica_s: float) -> Summary:
+        return Summary("t", policy, setting, 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {})
+
+    hpa = [
+        run("hpa", "a", 0.999, 900.0),
+        run("hpa", "b", 0.991, 700.0),
+        run("hpa", "c", 0.9, 400.0),
+    ]
+    assert _at_equal_share(run("batchpilot", "bp", 0.995, 450.0), hpa).startswith("0.50x (a:")
+    assert _at_equal_share(run("batchpilot", "bp", 0.95, 350.0), hpa).startswith("0.50x (b:")
+    assert "best 99.90%" in _at_equal_share(run("batchpilot", "bp", 0.9995, 350.0), hpa)
+
+
 def test_floors_option_names_its_floors_and_refuses_bad_ones() -> None:
     from bench.loop.run import Setup, parse_floors
 
