@@ -557,11 +557,9 @@ def _at_equal_share(bp: Summary, hpa_runs: list[Summary]) -> str:
     answers at least batchpilot's share within target: the cost at equal service."""
     if not hpa_runs:
         return "-"
-    match = [r for r in hpa_runs if r.within >= bp.within]
-    if not match:
-        best = max(r.within for r in hpa_runs)
-        return f"no HPA setting reaches it (best {100 * best:.2f}%)"
-    hpa = min(match, key=lambda r: r.replica_seconds)
+    hpa = cheapest(hpa_runs, bp.within)
+    if hpa.within < bp.within:
+        return f"no HPA setting reaches it (best {100 * hpa.within:.2f}%)"
     return (
         f"{bp.replica_seconds / hpa.replica_seconds:.2f}x ({hpa.setting}:"
         f" {100 * hpa.within:.2f}%, {hpa.replica_seconds:.0f} replica-s)"

@@ -297,12 +297,16 @@ class Calibration:
     ratios: tuple[float, ...]
     """In the order the batches ran; the simulated replica replays them in that order."""
     source: str
-    http_path_s: tuple[float, ...] = ()
-    """Sorted: what each request's latency at the client had beyond its time in the batcher
-    (the HTTP path), all rates pooled. Empty in-process."""
     http_path_by_rate: tuple[tuple[float, tuple[float, ...]], ...] = ()
-    """The same per request rate, ascending, each sorted: a simulated request draws from the
-    rate nearest to its replica's (see ``ServiceProfile.http_path_by_rate``)."""
+    """Per request rate, ascending, each sorted: what each request's latency at the client
+    had beyond its time in the batcher (the HTTP path); a simulated request draws from the
+    rate nearest to its replica's (see ``ServiceProfile.http_path_by_rate``). Empty
+    in-process."""
+
+    @property
+    def http_path_s(self) -> tuple[float, ...]:
+        """The HTTP paths of every rate pooled, sorted."""
+        return tuple(sorted(x for _, times in self.http_path_by_rate for x in times))
 
     @classmethod
     def from_batches(
@@ -320,8 +324,7 @@ class Calibration:
             for rate, times in sorted((http_path_by_rate or {}).items())
             if len(times)
         )
-        pooled = tuple(sorted(x for _, times in by_rate for x in times))
-        return cls(ratios, source, pooled, by_rate)
+        return cls(ratios, source, by_rate)
 
     def quantile(self, q: float) -> float:
         return float(np.quantile(self.ratios, q))
@@ -336,14 +339,15 @@ class Calibration:
         )
 
     def summary(self) -> dict[str, Any]:
-        http_ms = np.asarray(self.http_path_s or (0.0,)) * 1e3
+        pooled = self.http_path_s
+        http_ms = np.asarray(pooled or (0.0,)) * 1e3
         return {
             "source": self.source,
             "batches": len(self.ratios),
             "ratio_p50": self.quantile(0.5),
             "ratio_p95": self.quantile(0.95),
             "ratio_p99": self.quantile(0.99),
-            "requests": len(self.http_path_s),
+            "requests": len(pooled),
             "http_path_ms_p50": float(np.quantile(http_ms, 0.5)),
             "http_path_ms_p95": float(np.quantile(http_ms, 0.95)),
             "http_path_ms_p95_by_rate": {
