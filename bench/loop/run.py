@@ -109,6 +109,7 @@ class Job:
     floor: int = 0  # batchpilot-floor, hpa-floor: minReplicas (0: the setup's)
     max_batch: int = 32
     wait_ms: float = 5.0
+    seed: int = 0  # arrivals and service-time draws (0: the setup's)
 
 
 @dataclass
@@ -127,6 +128,8 @@ class Summary:
     series: dict[str, list[float]]
     floor: int = 0
     """batchpilot-floor, hpa-floor: the minReplicas floor of the run."""
+    seed: int = 1
+    """The seed of the run's arrivals and service-time draws."""
 
 
 def _series(res: RunResult, step_s: float = 10.0) -> dict[str, list[float]]:
@@ -161,6 +164,7 @@ def start_replicas(setup: Setup, trace: Trace, profile: ServiceProfile) -> int:
 def run_job(setup: Setup, job: Job) -> Summary:
     profile = setup.profile()
     trace = setup.trace(job.trace)
+    seed = job.seed or setup.seed
     start = start_replicas(setup, trace, profile)
     config = BatchingConfig(max_batch_size=job.max_batch, max_wait_ms=job.wait_ms)
     policy: Any
@@ -205,7 +209,7 @@ def run_job(setup: Setup, job: Job) -> Summary:
             + (f", minReplicas {floor}" if floor != setup.min_replicas else "")
         )
     settings = ClusterSettings(
-        startup_s=setup.startup_s, config_delay_s=setup.config_delay_s, seed=setup.seed
+        startup_s=setup.startup_s, config_delay_s=setup.config_delay_s, seed=seed
     )
     t0 = time.perf_counter()
     res = run_virtual(
@@ -215,7 +219,7 @@ def run_job(setup: Setup, job: Job) -> Summary:
             profile,
             target_s=setup.target_ms / 1000,
             settings=settings,
-            seed=setup.seed,
+            seed=seed,
         )
     )
     return Summary(
@@ -232,6 +236,7 @@ def run_job(setup: Setup, job: Job) -> Summary:
         wall_s=time.perf_counter() - t0,
         series=_series(res),
         floor=job.floor,
+        seed=seed,
     )
 
 
@@ -242,6 +247,51 @@ def cheapest(candidates: list[Summary], share: float) -> Summary:
     if ok:
         return min(ok, key=lambda r: r.replica_seconds)
     return max(candidates, key=lambda r: r.within)
+
+
+def seed_check_jobs(names: list[str], kept: dict[str, Job], seeds: list[int]) -> list[Job]:
+    """batchpilot and the HPA setting kept for each trace, run again at other seeds."""
+    return [
+        job
+        for n in names
+        for seed in seeds
+        for job in (Job(n, "batchpilot", seed=seed), replace(kept[n], seed=seed))
+    ]
+
+
+def fmt_seed_check(runs: list[Summary]) -> str:
+    """Per trace, how batchpilot and the HPA setting kept at the setup's seed fare over all
+    seeds run: the setting was chosen on one seed's arrivals, and its margin (and the goal's
+    verdict) may not carry over to another's."""
+    lines = [
+        "| trace | seeds | goal held (share >= HPA's, fewer replica-s) | replica-s vs HPA |"
+        " batchpilot within | HPA within | HPA p95 within target |",
+        "|---|---:|---:|---|---|---|---:|",
+    ]
+    for name in dict.fromkeys(r.trace for r in runs):
+        by_seed: dict[int, dict[str, Summary]] = {}
+        for r in runs:
+            if r.trace == name:
+                by_seed.setdefault(r.seed, {})[r.policy] = r
+        pairs = [(v["batchpilot"], v["hpa"]) for _, v in sorted(by_seed.items()) if len(v) == 2]
+        if not pairs:
+            continue
+        ratios = [bp.replica_seconds / hpa.replica_seconds for bp, hpa in pairs]
+        held = sum(
+            bp.within >= hpa.within and bp.replica_seconds < hpa.replica_seconds
+            for bp, hpa in pairs
+        )
+
+        def span(values: list[float], fmt: str) -> str:
+            return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+        lines.append(
+            f"| {name} | {len(pairs)} | {held} of {len(pairs)} | {span(ratios, '{:.2f}x')} |"
+            f" {span([100 * bp.within for bp, _ in pairs], '{:.2f}%')} |"
+            f" {span([100 * hpa.within for _, hpa in pairs], '{:.2f}%')} |"
+            f" {sum(hpa.within >= 0.95 for _, hpa in pairs)} of {len(pairs)} |"
+        )
+    return "\n".join(lines)
 
 
 def _run_all(setup: Setup, jobs: list[Job], workers: int) -> list[Summary]:
@@ -357,6 +407,12 @@ def main() -> None:
         " --min-replicas to one above the replicas that carry the peak), 'none', or a"
         " comma-separated list",
     )
+    parser.add_argument(
+        "--check-seeds",
+        default="2,3,4",
+        help="seeds at which batchpilot and each trace's kept HPA setting run again"
+        " (comma-separated; 'none' to skip)",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="loop", help="file stem of the results")
@@ -376,6 +432,7 @@ def main() -> None:
         seed=1,
     )
     names = [t.name for t in traces.all_traces(setup.peak, setup.duration_s)]
+    check_seeds = parse_seeds(args.check_seeds, setup.seed)
     # No wait, as batchpilot runs by default: on this profile a wait only adds latency.
     batch_configs = [(8, 0.0), (16, 0.0)] if args.quick else [(8, 0.0), (16, 0.0), (32, 0.0)]
     targets = [2.0, 8.0] if args.quick else [1.0, 2.0, 4.0, 8.0]
@@ -404,12 +461,17 @@ def main() -> None:
     floor_best = best("batchpilot-floor", 0.99) if floors else {}
     # static: sized for the peak, with the batching config that needs the fewest replicas
     n_static, b, w = min((static_replicas(setup, b, w), b, w) for b, w in batch_configs)
+    job_of = {id(r): j for j, r in zip(jobs, results, strict=True)}
+    kept = {n: job_of[id(hpa_best[n])] for n in names}
     others = _run_all(
         setup,
         [Job(n, "static", replicas=n_static, max_batch=b, wait_ms=w) for n in names]
-        + [Job(n, "instant", max_batch=b, wait_ms=w) for n in names],
+        + [Job(n, "instant", max_batch=b, wait_ms=w) for n in names]
+        + seed_check_jobs(names, kept, check_seeds),
         args.workers,
     )
+    seeded = [r for r in others if r.seed != setup.seed]
+    others = [r for r in others if r.seed == setup.seed]
     rows = []
     for n in names:
         rows += [r for r in results if r.trace == n and r.policy == "batchpilot"]
@@ -427,6 +489,9 @@ def main() -> None:
                 "setup": asdict(setup),
                 "rows": [{k: v for k, v in asdict(r).items() if k != "series"} for r in rows],
                 "sweeps": [{k: v for k, v in asdict(r).items() if k != "series"} for r in sweep],
+                "seed_checks": [
+                    {k: v for k, v in asdict(r).items() if k != "series"} for r in seeded
+                ],
                 "elapsed_s": elapsed,
             },
             indent=2,
@@ -435,7 +500,7 @@ def main() -> None:
     )
     plot(rows, args.out / f"{args.name}.png", setup.target_ms)
     print(table)
-    print(f"\n{len(results) + len(others)} runs in {elapsed:.0f} s")
+    print(f"\n{len(results) + len(others) + len(seeded)} runs in {elapsed:.0f} s")
     (args.out / f"{args.name}.md").write_text(
         report(
             setup,
@@ -448,8 +513,25 @@ def main() -> None:
             args.out,
             args.name,
             " ".join(["python -m bench.loop.run", *sys.argv[1:]]),
+            seeded,
         )
     )
+
+
+def parse_seeds(text: str, own: int) -> list[int]:
+    """The ``--check-seeds`` option: 'none', or distinct positive seeds other than the
+    setup's ``own`` (whose runs are the main results)."""
+    if text == "none":
+        return []
+    try:
+        seeds = sorted({int(s) for s in text.split(",")})
+    except ValueError:
+        raise SystemExit(f"--check-seeds {text}: expected 'none' or integers like 2,3") from None
+    if seeds[0] < 1 or own in seeds:
+        raise SystemExit(
+            f"--check-seeds {text}: each seed must be positive and not the main runs' {own}"
+        )
+    return seeds
 
 
 def parse_floors(text: str, setup: Setup, profile: ServiceProfile) -> list[int]:
@@ -577,6 +659,7 @@ def report(
     out: Path,
     stem: str = "loop",
     command: str = "python -m bench.loop.run",
+    seeded: list[Summary] | None = None,
 ) -> str:
     profile = json.loads(Path(setup.profile_path).read_text())
     fit = profile["fit"]
@@ -625,6 +708,16 @@ def report(
 """
         if floors
         else ""
+    )
+    seed_results = (
+        f"The HPA setting kept was chosen on seed {setup.seed}'s arrivals and service-time"
+        " draws. Run again with the same setting at other seeds (batchpilot too), over all"
+        f" seeds run:\n\n"
+        + fmt_seed_check(
+            [r for r in rows if r.policy == "batchpilot"] + list(hpa_best.values()) + seeded
+        )
+        if seeded
+        else "No other seed run (`--check-seeds none`)."
     )
     floor_results = (
         "With a floor held for bursts (both autoscalers' `minReplicas` swept):\n\n"
@@ -690,6 +783,8 @@ p95 within the target; the last column reads the same sweep at equal service ins
 cheapest HPA setting with at least batchpilot's share within target):
 
 {chr(10).join(verdict)}
+
+{seed_results}
 
 {floor_results}
 

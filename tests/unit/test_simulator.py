@@ -555,3 +555,47 @@ def test_report_names_its_own_plot_and_says_when_no_floor_was_swept(tmp_path: Pa
     assert "(loop-wide.png)" in text
     assert "`the command`" in text
     assert "No `minReplicas` floor swept" in text
+
+
+def test_seed_check_reruns_batchpilot_and_the_kept_hpa_setting_at_each_seed() -> None:
+    from bench.loop.run import Job, seed_check_jobs
+
+    kept = {"step": Job("step", "hpa", hpa_target=2.0, max_batch=16, wait_ms=0.0)}
+    jobs = seed_check_jobs(["step"], kept, [2, 3])
+    assert [(j.policy, j.seed) for j in jobs] == [
+        ("batchpilot", 2),
+        ("hpa", 2),
+        ("batchpilot", 3),
+        ("hpa", 3),
+    ]
+    assert all(j.hpa_target == 2.0 and j.max_batch == 16 for j in jobs if j.policy == "hpa")
+
+
+def test_seed_check_counts_the_seeds_where_the_goal_holds() -> None:
+    from bench.loop.run import Summary, fmt_seed_check
+
+    def run(policy: str, seed: int, within: float, replica_s: float) -> Summary:
+        return Summary(
+            "step", policy, "s", 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {}, seed=seed
+        )
+
+    runs = [
+        run("batchpilot", 1, 0.97, 800.0),
+        run("hpa", 1, 0.96, 1000.0),  # held: more share, fewer replica-s
+        run("batchpilot", 2, 0.95, 800.0),
+        run("hpa", 2, 0.96, 1000.0),  # not: less share
+        run("batchpilot", 3, 0.99, 1100.0),
+        run("hpa", 3, 0.94, 1000.0),  # not: more replica-s; the HPA misses its p95 here
+    ]
+    row = fmt_seed_check(runs).splitlines()[-1]
+    assert row == ("| step | 3 | 1 of 3 | 0.80x-1.10x | 95.00%-99.00% | 94.00%-96.00% | 2 of 3 |")
+
+
+def test_check_seeds_option_refuses_the_main_seed_and_bad_values() -> None:
+    from bench.loop.run import parse_seeds
+
+    assert parse_seeds("none", 1) == []
+    assert parse_seeds("4,2,4", 1) == [2, 4]
+    for bad in ("1,2", "0", "two", ""):
+        with pytest.raises(SystemExit, match="--check-seeds"):
+            parse_seeds(bad, 1)
