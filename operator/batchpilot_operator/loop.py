@@ -15,8 +15,9 @@ Each tick (every ``spec.autoscaling.intervalSeconds``; a kopf daemon in
    generation, and records how long that took (an Event, and :attr:`TickResult.propagation_s`).
 
 The memory between ticks (the previous scrape, recent service-time points, the policy's
-timings) lives in :class:`TuningLoop`. It is lost when the operator restarts; the first tick
-after that only takes a baseline and holds.
+timings) lives in :class:`TuningLoop`. What the policy learnt (its headroom and scale-down
+delay) is also written to ``status.loop``, and a new operator process resumes from it; the
+rest is lost on a restart, so the first tick after one only takes a baseline and holds.
 
 Kubernetes access goes through the small :class:`Kube` port (synchronous, run in a thread),
 so the loop is tested with fakes and runs against the real API server in the operator.
