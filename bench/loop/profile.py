@@ -152,7 +152,7 @@ def observe_runtime(model: Any, rate: float, seconds: float, seed: int) -> list[
         kind = embedding_kind(True)
         t0 = loop.time()
         at = 0.0
-        futures = []
+        futures: list[asyncio.Future[Any]] = []
         while at < seconds:
             at += rng.expovariate(rate)
             delay = t0 + at - loop.time()

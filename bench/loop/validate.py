@@ -432,7 +432,7 @@ def main() -> None:
         "--out", type=Path, default=HERE.parent / "results" / "loop.validation.json"
     )
     args = parser.parse_args()
-    config = BatchingConfig(max_batch_size=args.max_batch, max_wait_ms=args.wait_ms)
+    config = BatchingConfig(maxBatchSize=args.max_batch, maxWaitMs=args.wait_ms)
     profile = ServiceProfile.load(args.profile)
     server = None
     model = None
