@@ -21,7 +21,7 @@ Per trace:
 
 Writes ``bench/results/loop.md``, ``loop.json`` and ``loop.png`` (``--name`` sets the stem).
 
-    python -m bench.loop.run            # the full comparison (about 18 min on 2 cores)
+    python -m bench.loop.run            # the full comparison (about 21 min on 2 cores)
     python -m bench.loop.run --quick    # shorter traces, a smaller sweep
     python -m bench.loop.run --peak 1200 --min-replicas 1 --max-replicas 10 \
         --floors none --name loop-wide  # a peak that needs most of maxReplicas
