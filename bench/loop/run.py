@@ -57,6 +57,8 @@ from batchpilot_runtime.config import BatchingConfig
 
 HERE = Path(__file__).parent
 RESULTS = HERE.parent / "results"
+P95_HELD = 0.95
+"""Share of requests within the target at which a run holds the SLO (its p95 within it)."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ def fmt_seed_check(runs: list[Summary]) -> str:
             f"| {name} | {len(pairs)} | {held} of {len(pairs)} | {span(ratios, '{:.2f}x')} |"
             f" {span([100 * bp.within for bp, _ in pairs], '{:.2f}%')} |"
             f" {span([100 * hpa.within for _, hpa in pairs], '{:.2f}%')} |"
-            f" {sum(hpa.within >= 0.95 for _, hpa in pairs)} of {len(pairs)} |"
+            f" {sum(hpa.within >= P95_HELD for _, hpa in pairs)} of {len(pairs)} |"
         )
     return "\n".join(lines)
 
@@ -456,8 +458,8 @@ def main() -> None:
         runs = [r for r in results if r.policy == policy]
         return {n: cheapest([r for r in runs if r.trace == n], share) for n in names}
 
-    hpa_best = best("hpa", 0.95)
-    hpa_floor_best = best("hpa-floor", 0.95) if floors else {}
+    hpa_best = best("hpa", P95_HELD)
+    hpa_floor_best = best("hpa-floor", P95_HELD) if floors else {}
     floor_best = best("batchpilot-floor", 0.99) if floors else {}
     # static: sized for the peak, with the batching config that needs the fewest replicas
     n_static, b, w = min((static_replicas(setup, b, w), b, w) for b, w in batch_configs)

@@ -588,7 +588,7 @@ def test_seed_check_counts_the_seeds_where_the_goal_holds() -> None:
         run("hpa", 3, 0.94, 1000.0),  # not: more replica-s; the HPA misses its p95 here
     ]
     row = fmt_seed_check(runs).splitlines()[-1]
-    assert row == ("| step | 3 | 1 of 3 | 0.80x-1.10x | 95.00%-99.00% | 94.00%-96.00% | 2 of 3 |")
+    assert row == "| step | 3 | 1 of 3 | 0.80x-1.10x | 95.00%-99.00% | 94.00%-96.00% | 2 of 3 |"
 
 
 def test_check_seeds_option_refuses_the_main_seed_and_bad_values() -> None:
