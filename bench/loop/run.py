@@ -261,6 +261,11 @@ def seed_check_jobs(names: list[str], kept: dict[str, Job], seeds: list[int]) ->
     ]
 
 
+def _span(values: list[float], fmt: str) -> str:
+    """``lowest-highest`` of ``values``, each formatted with ``fmt``."""
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
 def fmt_seed_check(runs: list[Summary]) -> str:
     """Per trace, how batchpilot and the HPA setting kept at the setup's seed fare over all
     seeds run: the setting was chosen on one seed's arrivals, and its margin (and the goal's
@@ -284,13 +289,10 @@ def fmt_seed_check(runs: list[Summary]) -> str:
             for bp, hpa in pairs
         )
 
-        def span(values: list[float], fmt: str) -> str:
-            return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
-
         lines.append(
-            f"| {name} | {len(pairs)} | {held} of {len(pairs)} | {span(ratios, '{:.2f}x')} |"
-            f" {span([100 * bp.within for bp, _ in pairs], '{:.2f}%')} |"
-            f" {span([100 * hpa.within for _, hpa in pairs], '{:.2f}%')} |"
+            f"| {name} | {len(pairs)} | {held} of {len(pairs)} | {_span(ratios, '{:.2f}x')} |"
+            f" {_span([100 * bp.within for bp, _ in pairs], '{:.2f}%')} |"
+            f" {_span([100 * hpa.within for _, hpa in pairs], '{:.2f}%')} |"
             f" {sum(hpa.within >= P95_HELD for _, hpa in pairs)} of {len(pairs)} |"
         )
     return "\n".join(lines)
