@@ -251,19 +251,26 @@ def cheapest(candidates: list[Summary], share: float) -> Summary:
     return max(candidates, key=lambda r: r.within)
 
 
-def seed_check_jobs(names: list[str], kept: dict[str, Job], seeds: list[int]) -> list[Job]:
-    """batchpilot and the HPA setting kept for each trace, run again at other seeds."""
-    return [
-        job
-        for n in names
-        for seed in seeds
-        for job in (Job(n, "batchpilot", seed=seed), replace(kept[n], seed=seed))
-    ]
+def seed_check_jobs(kept: dict[str, list[Job]], seeds: list[int]) -> list[Job]:
+    """The runs kept for each trace (batchpilot, the HPA setting kept and, with a floor
+    sweep, the floors kept for both), run again at other seeds."""
+    return [replace(job, seed=seed) for jobs in kept.values() for seed in seeds for job in jobs]
 
 
 def _span(values: list[float], fmt: str) -> str:
     """``lowest-highest`` of ``values``, each formatted with ``fmt``."""
     return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def _pairs_by_seed(
+    runs: list[Summary], name: str, first: str, second: str
+) -> list[tuple[Summary, Summary]]:
+    """The runs of policies ``first`` and ``second`` on trace ``name``, paired by seed."""
+    by_seed: dict[int, dict[str, Summary]] = {}
+    for r in runs:
+        if r.trace == name and r.policy in (first, second):
+            by_seed.setdefault(r.seed, {})[r.policy] = r
+    return [(v[first], v[second]) for _, v in sorted(by_seed.items()) if len(v) == 2]
 
 
 def fmt_seed_check(runs: list[Summary]) -> str:
@@ -276,11 +283,7 @@ def fmt_seed_check(runs: list[Summary]) -> str:
         "|---|---:|---:|---|---|---|---:|",
     ]
     for name in dict.fromkeys(r.trace for r in runs):
-        by_seed: dict[int, dict[str, Summary]] = {}
-        for r in runs:
-            if r.trace == name:
-                by_seed.setdefault(r.seed, {})[r.policy] = r
-        pairs = [(v["batchpilot"], v["hpa"]) for _, v in sorted(by_seed.items()) if len(v) == 2]
+        pairs = _pairs_by_seed(runs, name, "batchpilot", "hpa")
         if not pairs:
             continue
         ratios = [bp.replica_seconds / hpa.replica_seconds for bp, hpa in pairs]
@@ -288,12 +291,35 @@ def fmt_seed_check(runs: list[Summary]) -> str:
             bp.within >= hpa.within and bp.replica_seconds < hpa.replica_seconds
             for bp, hpa in pairs
         )
-
         lines.append(
             f"| {name} | {len(pairs)} | {held} of {len(pairs)} | {_span(ratios, '{:.2f}x')} |"
             f" {_span([100 * bp.within for bp, _ in pairs], '{:.2f}%')} |"
             f" {_span([100 * hpa.within for _, hpa in pairs], '{:.2f}%')} |"
             f" {sum(hpa.within >= P95_HELD for _, hpa in pairs)} of {len(pairs)} |"
+        )
+    return "\n".join(lines)
+
+
+def fmt_floor_seed_check(runs: list[Summary]) -> str:
+    """Per trace, the floors kept at the setup's seed (batchpilot's and the HPA's) over all
+    seeds run: at how many seeds batchpilot's floor holds 99% within target, and how both
+    compare."""
+    lines = [
+        "| trace | seeds | batchpilot-floor >= 99% | batchpilot-floor within |"
+        " HPA-floor within | share >= HPA-floor's | replica-s vs HPA-floor |",
+        "|---|---:|---:|---|---|---:|---|",
+    ]
+    for name in dict.fromkeys(r.trace for r in runs):
+        pairs = _pairs_by_seed(runs, name, "batchpilot-floor", "hpa-floor")
+        if not pairs:
+            continue
+        n = len(pairs)
+        lines.append(
+            f"| {name} | {n} | {sum(bp.within >= 0.99 for bp, _ in pairs)} of {n} |"
+            f" {_span([100 * bp.within for bp, _ in pairs], '{:.2f}%')} |"
+            f" {_span([100 * hpa.within for _, hpa in pairs], '{:.2f}%')} |"
+            f" {sum(bp.within >= hpa.within for bp, hpa in pairs)} of {n} |"
+            f" {_span([bp.replica_seconds / h.replica_seconds for bp, h in pairs], '{:.2f}x')} |"
         )
     return "\n".join(lines)
 
@@ -414,8 +440,8 @@ def main() -> None:
     parser.add_argument(
         "--check-seeds",
         default="2,3,4",
-        help="seeds at which batchpilot and each trace's kept HPA setting run again"
-        " (comma-separated; 'none' to skip)",
+        help="seeds at which batchpilot, each trace's kept HPA setting and the floors kept run"
+        " again (comma-separated; 'none' to skip)",
     )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -466,12 +492,15 @@ def main() -> None:
     # static: sized for the peak, with the batching config that needs the fewest replicas
     n_static, b, w = min((static_replicas(setup, b, w), b, w) for b, w in batch_configs)
     job_of = {id(r): j for j, r in zip(jobs, results, strict=True)}
-    kept = {n: job_of[id(hpa_best[n])] for n in names}
+    kept = {n: [Job(n, "batchpilot"), job_of[id(hpa_best[n])]] for n in names}
+    if floors:
+        for n in names:
+            kept[n] += [job_of[id(floor_best[n])], job_of[id(hpa_floor_best[n])]]
     others = _run_all(
         setup,
         [Job(n, "static", replicas=n_static, max_batch=b, wait_ms=w) for n in names]
         + [Job(n, "instant", max_batch=b, wait_ms=w) for n in names]
-        + seed_check_jobs(names, kept, check_seeds),
+        + seed_check_jobs(kept, check_seeds),
         args.workers,
     )
     seeded = [r for r in others if r.seed != setup.seed]
@@ -734,6 +763,14 @@ def report(
         if floors
         else "No `minReplicas` floor swept in this run (`--floors none`)."
     )
+    floor_seeds = fmt_floor_seed_check(
+        [r for r in rows if r.policy in ("batchpilot-floor", "hpa-floor")] + (seeded or [])
+    )
+    if floors and seeded and len(floor_seeds.splitlines()) > 2:
+        floor_results += (
+            f"\n\nThe floors kept were chosen on seed {setup.seed} too. Run again at the other"
+            f" seeds, over all seeds run:\n\n{floor_seeds}"
+        )
     sweep_rows = "\n".join(
         f"| {r.trace} | {r.policy} | {r.setting} | {100 * r.within:.2f}% |"
         f" {r.replica_seconds:.0f} |"

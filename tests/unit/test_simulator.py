@@ -557,18 +557,27 @@ def test_report_names_its_own_plot_and_says_when_no_floor_was_swept(tmp_path: Pa
     assert "No `minReplicas` floor swept" in text
 
 
-def test_seed_check_reruns_batchpilot_and_the_kept_hpa_setting_at_each_seed() -> None:
+def test_seed_check_reruns_the_kept_runs_at_each_seed() -> None:
     from bench.loop.run import Job, seed_check_jobs
 
-    kept = {"step": Job("step", "hpa", hpa_target=2.0, max_batch=16, wait_ms=0.0)}
-    jobs = seed_check_jobs(["step"], kept, [2, 3])
+    kept = {
+        "step": [
+            Job("step", "batchpilot"),
+            Job("step", "hpa", hpa_target=2.0, max_batch=16, wait_ms=0.0),
+            Job("step", "batchpilot-floor", floor=4),
+        ]
+    }
+    jobs = seed_check_jobs(kept, [2, 3])
     assert [(j.policy, j.seed) for j in jobs] == [
         ("batchpilot", 2),
         ("hpa", 2),
+        ("batchpilot-floor", 2),
         ("batchpilot", 3),
         ("hpa", 3),
+        ("batchpilot-floor", 3),
     ]
     assert all(j.hpa_target == 2.0 and j.max_batch == 16 for j in jobs if j.policy == "hpa")
+    assert all(j.floor == 4 for j in jobs if j.policy == "batchpilot-floor")
 
 
 def test_seed_check_counts_the_seeds_where_the_goal_holds() -> None:
@@ -589,6 +598,30 @@ def test_seed_check_counts_the_seeds_where_the_goal_holds() -> None:
     ]
     row = fmt_seed_check(runs).splitlines()[-1]
     assert row == "| step | 3 | 1 of 3 | 0.80x-1.10x | 95.00%-99.00% | 94.00%-96.00% | 2 of 3 |"
+
+
+def test_floor_seed_check_counts_the_seeds_at_99_percent() -> None:
+    from bench.loop.run import Summary, fmt_floor_seed_check, fmt_seed_check
+
+    def run(policy: str, seed: int, within: float, replica_s: float) -> Summary:
+        return Summary(
+            "spike", policy, "s", 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {}, seed=seed
+        )
+
+    runs = [
+        run("batchpilot-floor", 1, 0.995, 900.0),
+        run("hpa-floor", 1, 0.98, 1000.0),
+        run("batchpilot-floor", 2, 0.985, 1100.0),  # under 99%, less than the HPA's share
+        run("hpa-floor", 2, 0.99, 1000.0),
+        run("batchpilot", 1, 0.9, 500.0),  # not a floor: left out
+        run("hpa", 1, 0.95, 800.0),
+    ]
+    rows = fmt_floor_seed_check(runs).splitlines()
+    assert rows[-1] == (
+        "| spike | 2 | 1 of 2 | 98.50%-99.50% | 98.00%-99.00% | 1 of 2 | 0.90x-1.10x |"
+    )
+    # and the floors stay out of the unfloored table
+    assert fmt_seed_check(runs).splitlines()[-1].startswith("| spike | 1 | 0 of 1 | 0.62x")
 
 
 def test_check_seeds_option_refuses_the_main_seed_and_bad_values() -> None:
