@@ -251,15 +251,22 @@ def cheapest(candidates: list[Summary], share: float) -> Summary:
     return max(candidates, key=lambda r: r.within)
 
 
-def seed_check_jobs(kept: dict[str, list[Job]], seeds: list[int]) -> list[Job]:
+def seed_check_jobs(
+    kept: dict[str, list[Job]], seeds: list[int], sweep: list[Job] | None = None
+) -> list[Job]:
     """The runs kept for each trace (batchpilot, the HPA setting kept and, with a floor
-    sweep, the floors kept for both), run again at other seeds."""
-    return [replace(job, seed=seed) for jobs in kept.values() for seed in seeds for job in jobs]
+    sweep, the floors kept for both), run again at other seeds; with ``sweep``, those jobs
+    too (the whole HPA sweep, for the equal-service reading at each seed)."""
+    jobs = [replace(job, seed=seed) for runs in kept.values() for seed in seeds for job in runs]
+    jobs += [replace(job, seed=seed) for seed in seeds for job in sweep or []]
+    return list(dict.fromkeys(jobs))  # the kept HPA setting is in the sweep too
 
 
 def _span(values: list[float], fmt: str) -> str:
-    """``lowest-highest`` of ``values``, each formatted with ``fmt``."""
-    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+    """``lowest-highest`` of ``values``, each formatted with ``fmt`` (one value if they
+    read the same)."""
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low}-{high}"
 
 
 def _pairs_by_seed(
@@ -273,17 +280,33 @@ def _pairs_by_seed(
     return [(v[first], v[second]) for _, v in sorted(by_seed.items()) if len(v) == 2]
 
 
-def fmt_seed_check(runs: list[Summary]) -> str:
-    """Per trace, how batchpilot and the HPA setting kept at the setup's seed fare over all
-    seeds run: the setting was chosen on one seed's arrivals, and its margin (and the goal's
-    verdict) may not carry over to another's."""
+def fmt_seed_check(runs: list[Summary], kept: dict[str, str]) -> str:
+    """Per trace, how batchpilot and the HPA setting kept at the setup's seed (``kept``: its
+    setting per trace) fare over all seeds run: the setting was chosen on one seed's
+    arrivals, and its margin (and the goal's verdict) may not carry over to another's.
+    Where ``runs`` hold the whole HPA sweep at every seed, the equal-service reading is made
+    at each: batchpilot against the cheapest HPA setting with at least its share."""
+
+    def hpa_runs(name: str, seed: int) -> list[Summary]:
+        return [r for r in runs if r.trace == name and r.policy == "hpa" and r.seed == seed]
+
+    paired = {
+        name: _pairs_by_seed(
+            [r for r in runs if r.policy == "batchpilot" or r.setting == kept.get(name)],
+            name,
+            "batchpilot",
+            "hpa",
+        )
+        for name in dict.fromkeys(r.trace for r in runs)
+    }
+    swept = all(len(hpa_runs(n, bp.seed)) > 1 for n, pairs in paired.items() for bp, _ in pairs)
     lines = [
         "| trace | seeds | goal held (share >= HPA's, fewer replica-s) | replica-s vs HPA |"
-        " batchpilot within | HPA within | HPA p95 within target |",
-        "|---|---:|---:|---|---|---|---:|",
+        " batchpilot within | HPA within | HPA p95 within target |"
+        + (" cheaper at equal service | vs the HPA at batchpilot's share, per seed |" * swept),
+        "|---|---:|---:|---|---|---|---:|" + ("---:|---|" * swept),
     ]
-    for name in dict.fromkeys(r.trace for r in runs):
-        pairs = _pairs_by_seed(runs, name, "batchpilot", "hpa")
+    for name, pairs in paired.items():
         if not pairs:
             continue
         ratios = [bp.replica_seconds / hpa.replica_seconds for bp, hpa in pairs]
@@ -291,13 +314,28 @@ def fmt_seed_check(runs: list[Summary]) -> str:
             bp.within >= hpa.within and bp.replica_seconds < hpa.replica_seconds
             for bp, hpa in pairs
         )
-        lines.append(
+        line = (
             f"| {name} | {len(pairs)} | {held} of {len(pairs)} | {_span(ratios, '{:.2f}x')} |"
             f" {_span([100 * bp.within for bp, _ in pairs], '{:.2f}%')} |"
             f" {_span([100 * hpa.within for _, hpa in pairs], '{:.2f}%')} |"
             f" {sum(hpa.within >= P95_HELD for _, hpa in pairs)} of {len(pairs)} |"
         )
+        if swept:
+            readings = [_equal_service_ratio(bp, hpa_runs(name, bp.seed)) for bp, _ in pairs]
+            cheaper = sum(x is None or x < 1.0 for x in readings)
+            cells = ", ".join("none reaches it" if x is None else f"{x:.2f}x" for x in readings)
+            line += f" {cheaper} of {len(pairs)} | {cells} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _equal_service_ratio(bp: Summary, hpa_runs: list[Summary]) -> float | None:
+    """batchpilot's replica-seconds over those of the cheapest of ``hpa_runs`` with at least
+    its share within target; None when no HPA setting reaches that share."""
+    hpa = cheapest(hpa_runs, bp.within)
+    if hpa.within < bp.within:
+        return None
+    return bp.replica_seconds / hpa.replica_seconds
 
 
 def fmt_floor_seed_check(runs: list[Summary]) -> str:
@@ -443,6 +481,12 @@ def main() -> None:
         help="seeds at which batchpilot, each trace's kept HPA setting and the floors kept run"
         " again (comma-separated; 'none' to skip)",
     )
+    parser.add_argument(
+        "--check-sweep",
+        action="store_true",
+        help="at each --check-seeds seed, run the whole HPA sweep again (not only the kept"
+        " setting), to read batchpilot at equal service at every seed",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="loop", help="file stem of the results")
@@ -500,7 +544,9 @@ def main() -> None:
         setup,
         [Job(n, "static", replicas=n_static, max_batch=b, wait_ms=w) for n in names]
         + [Job(n, "instant", max_batch=b, wait_ms=w) for n in names]
-        + seed_check_jobs(kept, check_seeds),
+        + seed_check_jobs(
+            kept, check_seeds, [j for j in jobs if j.policy == "hpa"] if args.check_sweep else []
+        ),
         args.workers,
     )
     seeded = [r for r in others if r.seed != setup.seed]
@@ -747,12 +793,25 @@ def report(
         if floors
         else ""
     )
+    resweep = any(
+        r.policy == "hpa" and r.setting != hpa_best[r.trace].setting for r in seeded or []
+    )
     seed_results = (
         f"The HPA setting kept was chosen on seed {setup.seed}'s arrivals and service-time"
         " draws. Run again with the same setting at other seeds (batchpilot too), over all"
-        f" seeds run:\n\n"
+        " seeds run"
+        + (
+            "; the whole HPA sweep ran at each seed too (`--check-sweep`), for the"
+            " equal-service reading there"
+            if resweep
+            else ""
+        )
+        + ":\n\n"
         + fmt_seed_check(
-            [r for r in rows if r.policy == "batchpilot"] + list(hpa_best.values()) + seeded
+            [r for r in rows if r.policy == "batchpilot"]
+            + [r for r in sweep if r.policy == "hpa"]
+            + seeded,
+            {n: r.setting for n, r in hpa_best.items()},
         )
         if seeded
         else "No other seed run (`--check-seeds none`)."

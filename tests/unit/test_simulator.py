@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -596,8 +597,47 @@ def test_seed_check_counts_the_seeds_where_the_goal_holds() -> None:
         run("batchpilot", 3, 0.99, 1100.0),
         run("hpa", 3, 0.94, 1000.0),  # not: more replica-s; the HPA misses its p95 here
     ]
-    row = fmt_seed_check(runs).splitlines()[-1]
+    row = fmt_seed_check(runs, {"step": "s"}).splitlines()[-1]
     assert row == "| step | 3 | 1 of 3 | 0.80x-1.10x | 95.00%-99.00% | 94.00%-96.00% | 2 of 3 |"
+
+
+def test_seed_check_reads_equal_service_at_each_seed_given_the_whole_sweep() -> None:
+    from bench.loop.run import Job, Summary, fmt_seed_check, seed_check_jobs
+
+    kept = Job("step", "hpa", hpa_target=2.0, max_batch=16, wait_ms=0.0)
+    other = replace(kept, hpa_target=1.0)
+    jobs = seed_check_jobs({"step": [Job("step", "batchpilot"), kept]}, [2], [kept, other])
+    assert [(j.policy, j.hpa_target, j.seed) for j in jobs] == [
+        ("batchpilot", 0.0, 2),
+        ("hpa", 2.0, 2),  # once, though both lists hold it
+        ("hpa", 1.0, 2),
+    ]
+
+    def run(policy: str, setting: str, seed: int, within: float, replica_s: float) -> Summary:
+        return Summary(
+            "step", policy, setting, 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {}, seed=seed
+        )
+
+    runs = [
+        run("batchpilot", "bp", 1, 0.97, 800.0),
+        run("hpa", "a", 1, 0.96, 1000.0),
+        run("hpa", "b", 1, 0.98, 1200.0),  # the cheapest with batchpilot's share: 0.67x
+        run("batchpilot", "bp", 2, 0.99, 900.0),
+        run("hpa", "a", 2, 0.95, 1000.0),
+        run("hpa", "b", 2, 0.98, 1200.0),  # no setting reaches 99%
+        run("batchpilot", "bp", 3, 0.96, 1100.0),
+        run("hpa", "a", 3, 0.97, 1000.0),  # the cheapest with 96%: batchpilot costs 1.10x
+        run("hpa", "b", 3, 0.98, 1050.0),
+    ]
+    row = fmt_seed_check(runs, {"step": "a"}).splitlines()[-1]
+    assert row == (
+        "| step | 3 | 2 of 3 | 0.80x-1.10x | 96.00%-99.00% | 95.00%-97.00% | 3 of 3 |"
+        " 2 of 3 | 0.67x, none reaches it, 1.10x |"
+    )
+    # without the sweep at every seed, no equal-service reading
+    assert (
+        fmt_seed_check(runs[:6] + runs[6:8], {"step": "a"}).splitlines()[-1].endswith("| 3 of 3 |")
+    )
 
 
 def test_floor_seed_check_counts_the_seeds_at_99_percent() -> None:
@@ -620,8 +660,12 @@ def test_floor_seed_check_counts_the_seeds_at_99_percent() -> None:
     assert rows[-1] == (
         "| spike | 2 | 1 of 2 | 98.50%-99.50% | 98.00%-99.00% | 1 of 2 | 0.90x-1.10x |"
     )
-    # and the floors stay out of the unfloored table
-    assert fmt_seed_check(runs).splitlines()[-1].startswith("| spike | 1 | 0 of 1 | 0.62x")
+    # the floors stay out of the unfloored table, and one seed reads as one value, not a range
+    assert (
+        fmt_seed_check(runs, {"spike": "s"})
+        .splitlines()[-1]
+        .startswith("| spike | 1 | 0 of 1 | 0.62x | 90.00% | 95.00% |")
+    )
 
 
 def test_check_seeds_option_refuses_the_main_seed_and_bad_values() -> None:
