@@ -53,7 +53,7 @@ fmt: install ## Format the code with ruff
 
 bench: install ## Benchmarks: the runtime against the offline limit, then the loop simulator (bench/README.md)
 	$(PY) bench/runtime.py
-	$(PY) -m bench.loop.run
+	$(PY) -m bench.loop.run --check-sweep
 
 crds: install ## Regenerate the BatchedModel CRD (crds/ and the chart) from operator/batchpilot_operator/api.py
 	$(PY) -m batchpilot_operator.crdgen
