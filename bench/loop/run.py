@@ -300,12 +300,15 @@ def fmt_seed_check(runs: list[Summary], kept: dict[str, str]) -> str:
         for name in dict.fromkeys(r.trace for r in runs)
     }
     swept = all(len(hpa_runs(n, bp.seed)) > 1 for n, pairs in paired.items() for bp, _ in pairs)
-    lines = [
+    header = (
         "| trace | seeds | goal held (share >= HPA's, fewer replica-s) | replica-s vs HPA |"
         " batchpilot within | HPA within | HPA p95 within target |"
-        + (" cheaper at equal service | vs the HPA at batchpilot's share, per seed |" * swept),
-        "|---|---:|---:|---|---|---|---:|" + ("---:|---|" * swept),
-    ]
+    )
+    rule = "|---|---:|---:|---|---|---|---:|"
+    if swept:
+        header += " cheaper at equal service | vs the HPA at batchpilot's share, per seed |"
+        rule += "---:|---|"
+    lines = [header, rule]
     for name, pairs in paired.items():
         if not pairs:
             continue
