@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
 
 from bench.loop.policies import BatchpilotPolicy, HpaPolicy, InstantPolicy, StaticPolicy
+from bench.loop.run import Summary
 from bench.loop.simulator import (
     Cluster,
     ClusterSettings,
@@ -35,6 +36,21 @@ PROFILE = ServiceProfile.linear((0.001, 0.0001), (0.010, 0.002), max_batch=64)
 
 def const(rate: float, seconds: float) -> Trace:
     return Trace(f"const-{rate:g}", seconds, lambda _t: rate, rate)
+
+
+def summary(
+    policy: str,
+    within: float,
+    replica_s: float,
+    *,
+    setting: str = "s",
+    seed: int = 1,
+    trace: str = "step",
+) -> Summary:
+    """A benchmark run's summary with only what the report's readings use."""
+    return Summary(
+        trace, policy, setting, 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {}, seed=seed
+    )
 
 
 def test_virtual_loop_jumps_to_the_next_timer() -> None:
@@ -503,10 +519,10 @@ def test_measured_spread_scales_each_batch() -> None:
 
 
 def test_the_kept_setting_is_the_cheapest_meeting_the_share_else_the_best_share() -> None:
-    from bench.loop.run import Summary, cheapest
+    from bench.loop.run import cheapest
 
     def run(setting: str, within: float, replica_s: float) -> Summary:
-        return Summary("t", "hpa", setting, 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {})
+        return summary("hpa", within, replica_s, setting=setting)
 
     runs = [run("a", 0.999, 900.0), run("b", 0.991, 700.0), run("c", 0.98, 400.0)]
     assert cheapest(runs, 0.99).setting == "b"
@@ -515,10 +531,10 @@ def test_the_kept_setting_is_the_cheapest_meeting_the_share_else_the_best_share(
 
 
 def test_the_cost_at_equal_service_is_against_the_cheapest_hpa_with_batchpilots_share() -> None:
-    from bench.loop.run import Summary, _at_equal_share
+    from bench.loop.run import _at_equal_share
 
     def run(policy: str, setting: str, within: float, replica_s: float) -> Summary:
-        return Summary("t", policy, setting, 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {})
+        return summary(policy, within, replica_s, setting=setting)
 
     hpa = [
         run("hpa", "a", 0.999, 900.0),
@@ -545,11 +561,11 @@ def test_floors_option_names_its_floors_and_refuses_bad_ones() -> None:
 
 
 def test_report_names_its_own_plot_and_says_when_no_floor_was_swept(tmp_path: Path) -> None:
-    from bench.loop.run import HERE, Setup, Summary, report
+    from bench.loop.run import HERE, Setup, report
 
     profile = str(HERE / "service_profile.json")
     setup = Setup(profile, None, 250.0, 1200.0, 60.0, 1, 10, 10.0, (2.0, 10.0), 5.0, 120.0, 1)
-    hpa = Summary("spike", "hpa", "queue/replica 1", 100, 0.99, 0.0, 0.0, 900.0, 0.0, 0, 0.0, {})
+    hpa = summary("hpa", 0.99, 900.0, setting="queue/replica 1", trace="spike")
     text = report(
         setup, [hpa], {"spike": hpa}, [], 7, (16, 0.0), 1.0, tmp_path, "loop-wide", "the command"
     )
@@ -582,12 +598,10 @@ def test_seed_check_reruns_the_kept_runs_at_each_seed() -> None:
 
 
 def test_seed_check_counts_the_seeds_where_the_goal_holds() -> None:
-    from bench.loop.run import Summary, fmt_seed_check
+    from bench.loop.run import fmt_seed_check
 
     def run(policy: str, seed: int, within: float, replica_s: float) -> Summary:
-        return Summary(
-            "step", policy, "s", 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {}, seed=seed
-        )
+        return summary(policy, within, replica_s, seed=seed)
 
     runs = [
         run("batchpilot", 1, 0.97, 800.0),
@@ -602,7 +616,7 @@ def test_seed_check_counts_the_seeds_where_the_goal_holds() -> None:
 
 
 def test_seed_check_reads_equal_service_at_each_seed_given_the_whole_sweep() -> None:
-    from bench.loop.run import Job, Summary, fmt_seed_check, seed_check_jobs
+    from bench.loop.run import Job, fmt_seed_check, seed_check_jobs
 
     kept = Job("step", "hpa", hpa_target=2.0, max_batch=16, wait_ms=0.0)
     other = replace(kept, hpa_target=1.0)
@@ -614,9 +628,7 @@ def test_seed_check_reads_equal_service_at_each_seed_given_the_whole_sweep() -> 
     ]
 
     def run(policy: str, setting: str, seed: int, within: float, replica_s: float) -> Summary:
-        return Summary(
-            "step", policy, setting, 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {}, seed=seed
-        )
+        return summary(policy, within, replica_s, setting=setting, seed=seed)
 
     runs = [
         run("batchpilot", "bp", 1, 0.97, 800.0),
@@ -641,12 +653,10 @@ def test_seed_check_reads_equal_service_at_each_seed_given_the_whole_sweep() -> 
 
 
 def test_floor_seed_check_counts_the_seeds_at_99_percent() -> None:
-    from bench.loop.run import Summary, fmt_floor_seed_check, fmt_seed_check
+    from bench.loop.run import fmt_floor_seed_check, fmt_seed_check
 
     def run(policy: str, seed: int, within: float, replica_s: float) -> Summary:
-        return Summary(
-            "spike", policy, "s", 100, within, 0.0, 0.0, replica_s, 0.0, 0, 0.0, {}, seed=seed
-        )
+        return summary(policy, within, replica_s, seed=seed, trace="spike")
 
     runs = [
         run("batchpilot-floor", 1, 0.995, 900.0),
