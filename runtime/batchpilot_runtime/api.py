@@ -145,6 +145,16 @@ def _flatten(data: list[Any]) -> list[Any]:
 # -- responses ---------------------------------------------------------------------------------
 
 
+def _list_response(data: list[dict[str, Any]], model: str, tokens: int) -> dict[str, Any]:
+    """The OpenAI-style envelope of a list of results, with the prompt's token count."""
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 def embeddings_response(
     outputs: list[EmbeddingOutput],
     *,
@@ -166,13 +176,7 @@ def embeddings_response(
         else:
             embedding = vector.tolist()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
-    tokens = sum(out.tokens for out in outputs)
-    return {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return _list_response(data, model, sum(out.tokens for out in outputs))
 
 
 def classify_response(
@@ -185,13 +189,7 @@ def classify_response(
         data.append(
             {"index": i, "label": ranked[0]["label"], "score": ranked[0]["score"], "labels": ranked}
         )
-    tokens = sum(out.tokens for out in outputs)
-    return {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return _list_response(data, model, sum(out.tokens for out in outputs))
 
 
 def infer_response(
