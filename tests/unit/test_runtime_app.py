@@ -298,7 +298,11 @@ async def test_classify_and_the_open_inference_protocol(classifier: Any) -> None
     client, _, _ = classifier
     response = await client.post("/v1/classify", json={"input": ["good day", "bad day"]})
     assert response.status_code == 200
-    data = response.json()["data"]
+    body = response.json()
+    # the fake model counts a text's characters as its tokens: 8 + 7
+    assert (body["object"], body["model"]) == ("list", "fake")
+    assert body["usage"] == {"prompt_tokens": 15, "total_tokens": 15}
+    data = body["data"]
     assert [d["label"] for d in data] == ["positive", "negative"]
     assert data[0]["labels"][0] == {"label": "positive", "score": pytest.approx(0.9)}
     top1 = await client.post("/v1/classify", json={"input": "good", "top_k": 1})
