@@ -282,6 +282,16 @@ def _pairs_by_seed(
     return [(v[first], v[second]) for _, v in sorted(by_seed.items()) if len(v) == 2]
 
 
+def _swept_at_every_seed(runs: list[Summary]) -> bool:
+    """Whether ``runs`` hold more than one HPA setting at every trace and seed they ran the
+    HPA at: the whole sweep, not only the setting kept."""
+    settings: dict[tuple[str, int], set[str]] = {}
+    for r in runs:
+        if r.policy == "hpa":
+            settings.setdefault((r.trace, r.seed), set()).add(r.setting)
+    return bool(settings) and all(len(found) > 1 for found in settings.values())
+
+
 def fmt_seed_check(runs: list[Summary], kept: dict[str, str]) -> str:
     """Per trace, how batchpilot and the HPA setting kept at the setup's seed (``kept``: its
     setting per trace) fare over all seeds run: the setting was chosen on one seed's
@@ -301,7 +311,7 @@ def fmt_seed_check(runs: list[Summary], kept: dict[str, str]) -> str:
         )
         for name in dict.fromkeys(r.trace for r in runs)
     }
-    swept = all(len(hpa_runs(n, bp.seed)) > 1 for n, pairs in paired.items() for bp, _ in pairs)
+    swept = _swept_at_every_seed(runs)
     header = (
         "| trace | seeds | goal held (share >= HPA's, fewer replica-s) | replica-s vs HPA |"
         " batchpilot within | HPA within | HPA p95 within target |"
@@ -326,7 +336,7 @@ def fmt_seed_check(runs: list[Summary], kept: dict[str, str]) -> str:
             f" {sum(hpa.within >= P95_HELD for _, hpa in pairs)} of {len(pairs)} |"
         )
         if swept:
-            readings = [_equal_service_ratio(bp, hpa_runs(name, bp.seed)) for bp, _ in pairs]
+            readings = [_equal_service(bp, hpa_runs(name, bp.seed))[1] for bp, _ in pairs]
             cheaper = sum(x is None or x < 1.0 for x in readings)
             cells = ", ".join("none reaches it" if x is None else f"{x:.2f}x" for x in readings)
             line += f" {cheaper} of {len(pairs)} | {cells} |"
@@ -334,13 +344,14 @@ def fmt_seed_check(runs: list[Summary], kept: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _equal_service_ratio(bp: Summary, hpa_runs: list[Summary]) -> float | None:
-    """batchpilot's replica-seconds over those of the cheapest of ``hpa_runs`` with at least
-    its share within target; None when no HPA setting reaches that share."""
+def _equal_service(bp: Summary, hpa_runs: list[Summary]) -> tuple[Summary, float | None]:
+    """The cheapest of ``hpa_runs`` with at least batchpilot's share within target (else the
+    one with the largest share), and batchpilot's replica-seconds over its own: the cost at
+    equal service (None when no HPA setting reaches that share)."""
     hpa = cheapest(hpa_runs, bp.within)
     if hpa.within < bp.within:
-        return None
-    return bp.replica_seconds / hpa.replica_seconds
+        return hpa, None
+    return hpa, bp.replica_seconds / hpa.replica_seconds
 
 
 def fmt_floor_seed_check(runs: list[Summary]) -> str:
@@ -728,12 +739,12 @@ def _at_equal_share(bp: Summary, hpa_runs: list[Summary]) -> str:
     answers at least batchpilot's share within target: the cost at equal service."""
     if not hpa_runs:
         return "-"
-    hpa = cheapest(hpa_runs, bp.within)
-    if hpa.within < bp.within:
+    hpa, ratio = _equal_service(bp, hpa_runs)
+    if ratio is None:
         return f"no HPA setting reaches it (best {100 * hpa.within:.2f}%)"
     return (
-        f"{bp.replica_seconds / hpa.replica_seconds:.2f}x ({hpa.setting}:"
-        f" {100 * hpa.within:.2f}%, {hpa.replica_seconds:.0f} replica-s)"
+        f"{ratio:.2f}x ({hpa.setting}: {100 * hpa.within:.2f}%, {hpa.replica_seconds:.0f}"
+        " replica-s)"
     )
 
 
@@ -798,8 +809,10 @@ def report(
         if floors
         else ""
     )
-    resweep = any(
-        r.policy == "hpa" and r.setting != hpa_best[r.trace].setting for r in seeded or []
+    over_seeds = (
+        [r for r in rows if r.policy == "batchpilot"]
+        + [r for r in sweep if r.policy == "hpa"]
+        + (seeded or [])
     )
     seed_results = (
         f"The HPA setting kept was chosen on seed {setup.seed}'s arrivals and service-time"
@@ -808,16 +821,11 @@ def report(
         + (
             "; the whole HPA sweep ran at each seed too (`--check-sweep`), for the"
             " equal-service reading there"
-            if resweep
+            if _swept_at_every_seed(over_seeds)
             else ""
         )
         + ":\n\n"
-        + fmt_seed_check(
-            [r for r in rows if r.policy == "batchpilot"]
-            + [r for r in sweep if r.policy == "hpa"]
-            + seeded,
-            {n: r.setting for n, r in hpa_best.items()},
-        )
+        + fmt_seed_check(over_seeds, {n: r.setting for n, r in hpa_best.items()})
         if seeded
         else "No other seed run (`--check-seeds none`)."
     )
