@@ -13,7 +13,8 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from batchpilot_runtime.app import Runtime, create_app
+from batchpilot_runtime.app import Loader, Runtime, create_app
+from batchpilot_runtime.backends import emulated
 from batchpilot_runtime.settings import Settings, parse_settings, resolve_model_path
 
 log = logging.getLogger("batchpilot_runtime")
@@ -51,17 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # loop and any neighbour; sleeping waiters cost nothing measurable and hold up far better
     # on shared CPUs. Must be set before torch starts its thread pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if settings.model.startswith(emulated.SCHEME):
+        try:
+            emulated.load_profile(settings.model)
+        except emulated.ProfileError as exc:
+            log.error("%s", exc)
+            return 2
+        return serve(settings, lambda: emulated.load_emulated(settings.model, settings.task))
     try:
         path = resolve_model_path(settings.model)
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    return serve(settings, path)
+    return serve(settings, transformers_loader(settings, path))
 
 
-def serve(settings: Settings, path: Path) -> int:
-    """Run the server until SIGTERM; 0 after a clean drain, 1 if the model failed to load."""
-    from batchpilot_runtime.backends import hf  # torch: imported only to serve
+def transformers_loader(settings: Settings, path: Path) -> Loader:
+    """The loader of a real model: one torch worker per device."""
+    from batchpilot_runtime.backends import hf  # torch: imported only to serve a real model
 
     hf.configure_threads(settings.threads)
 
@@ -74,6 +82,11 @@ def serve(settings: Settings, path: Path) -> int:
             trust_remote_code=settings.trust_remote_code,
         )
 
+    return load
+
+
+def serve(settings: Settings, load: Loader) -> int:
+    """Run the server until SIGTERM; 0 after a clean drain, 1 if the model failed to load."""
     failures: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:

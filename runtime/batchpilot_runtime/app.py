@@ -135,6 +135,8 @@ class Runtime:
             ]
             for batcher in self.batchers:
                 batcher.start()
+            for model in self.models:
+                self.telemetry.device_loaded(model.info.device, emulated=bool(model.info.emulated))
             self.ready = True
             info = self.info
             log.info(
@@ -242,6 +244,7 @@ class Runtime:
         return {
             "model": self.name,
             "task": self.models[0].info.task if self.models else self.settings.task,
+            "emulated": self.models[0].info.emulated if self.models else None,
             "ready": self.ready,
             "draining": self.draining,
             "load_error": self.load_error,

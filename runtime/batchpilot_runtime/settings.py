@@ -96,7 +96,8 @@ def parse_settings(
     )
     helps = {
         "model": "model URI: /path, file:///path, hf://org/name[@revision] (local cache), "
-        "pvc://claim/path (under $BATCHPILOT_PVC_ROOT)",
+        "pvc://claim/path (under $BATCHPILOT_PVC_ROOT), or emulated://PROFILE (an emulated "
+        "accelerator: batches are timed waits from a shipped service-time profile)",
         "task": "what the model does",
         "name": "served model name (default: the last part of the model URI)",
         "config": "batching config file (ConfigMap contract), watched for changes",

@@ -21,6 +21,9 @@ What each metric means:
   _count`` over a window is the mean service time of a batch of the mean size.
 - ``batchpilot_config_max_batch_size``, ``batchpilot_config_max_wait_seconds``,
   ``batchpilot_config_generation`` (gauges): the batching config in force.
+- ``batchpilot_device_info{device, emulated}`` (gauge, always 1): one series per model worker
+  once loaded; ``emulated="true"`` where batches are timed waits from a service-time profile
+  (``device="emulated:PROFILE"``), not a model on a real device.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ BATCH_DURATION_SECONDS: Final = "batchpilot_batch_duration_seconds"
 CONFIG_MAX_BATCH_SIZE: Final = "batchpilot_config_max_batch_size"
 CONFIG_MAX_WAIT_SECONDS: Final = "batchpilot_config_max_wait_seconds"
 CONFIG_GENERATION: Final = "batchpilot_config_generation"
+DEVICE_INFO: Final = "batchpilot_device_info"
+
+DEVICE_LABEL: Final = "device"
+EMULATED_LABEL: Final = "emulated"
 
 OUTCOME_LABEL: Final = "outcome"
 OUTCOMES: Final = ("ok", "rejected", "timeout", "invalid", "error", "cancelled")
@@ -159,6 +166,16 @@ class Telemetry:
         Gauge(CONFIG_GENERATION, "generation of the config in force.", registry=reg).set_function(
             lambda: config().generation
         )
+        self.devices = Gauge(
+            DEVICE_INFO,
+            "One series per model worker; emulated=true: batches are timed waits, no model runs.",
+            [DEVICE_LABEL, EMULATED_LABEL],
+            registry=reg,
+        )
+
+    def device_loaded(self, device: str, *, emulated: bool) -> None:
+        """Export a loaded model worker's device (and whether it is emulated)."""
+        self.devices.labels(device, "true" if emulated else "false").set(1)
 
     # The batcher's observer interface (see batcher.BatchObserver).
     def batch_started(self, queue_waits: Sequence[float]) -> None:

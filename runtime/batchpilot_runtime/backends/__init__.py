@@ -2,7 +2,8 @@
 
 A served model is a :class:`~batchpilot_runtime.batcher.Model` (``async run(batch)``) that also
 describes itself (:class:`ModelInfo`) and may cap its batch size (the largest batch found to
-fit in device memory at start-up). This module is torch-free; ``hf`` holds the torch code.
+fit in device memory at start-up). This module is torch-free; ``hf`` holds the torch code,
+``emulated`` an accelerator emulated by timed waits.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class ModelInfo:
     """Class labels in output order (``classification`` task)."""
     max_length: int = 512
     """Longest input in tokens; longer inputs are truncated."""
+    emulated: str | None = None
+    """The service-time profile of an emulated accelerator (None: a real model runs)."""
 
 
 @dataclass(frozen=True, slots=True)
