@@ -45,9 +45,13 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 MODEL_URI_PATTERN = (
     r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
     r"|file:///[^\s]*"
-    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?)$"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
+    r"|emulated://[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"
 )
-"""``hf://org/name`` (or ``hf://name``), ``file:///absolute/path``, ``pvc://claim[/path]``."""
+"""``hf://org/name`` (or ``hf://name``), ``file:///absolute/path``, ``pvc://claim[/path]``,
+``emulated://PROFILE`` (an emulated accelerator)."""
+
+EMULATED_SCHEME = "emulated://"
 
 QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 """The Kubernetes resource quantity syntax (as in the core API's OpenAPI schema)."""
@@ -100,7 +104,11 @@ class ModelSource(_Base):
         description=(
             "Where the weights come from: hf://org/name (a Hugging Face repository), "
             "file:///absolute/path (a path inside the runtime image or node), or "
-            "pvc://claim/path (a path inside a PersistentVolumeClaim, mounted read-only)."
+            "pvc://claim/path (a path inside a PersistentVolumeClaim, mounted read-only), or "
+            "emulated://PROFILE: an emulated accelerator, where no model runs and each batch "
+            "is a timed wait from a service-time profile shipped with the runtime "
+            "(minilm-l6-cpu, minilm-l6-datacenter-gpu, bert-large-l4), for testing the loop "
+            "at scale without GPUs."
         ),
     )
     task: Task = Field(
@@ -547,6 +555,13 @@ class BatchedModelStatus(_Base):
     loop: LoopMemory | None = Field(
         default=None,
         description="What the tuning loop has learnt (resumed from after an operator restart).",
+    )
+    emulated: str | None = Field(
+        default=None,
+        description=(
+            "The service-time profile the replicas emulate (spec.model.uri emulated://PROFILE): "
+            "no model runs on them. Absent for a real model."
+        ),
     )
     conditions: list[Condition] | None = Field(
         default=None, description="Ready, Progressing and Degraded, with reasons."

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_operator.api import EMULATED_SCHEME, BatchedModel, TunedState
 from batchpilot_operator.desired import selector_string
 from batchpilot_runtime.config import BatchingConfig
 
@@ -265,7 +265,7 @@ def build_status(
     config = in_force or state.batching_config(bm.spec)
     conditions = desired_conditions(bm.metadata.generation, state.replicas, observed)
     previous = [c.model_dump(by_alias=True, exclude_none=True) for c in bm.status.conditions or []]
-    return {
+    status: dict[str, Any] = {
         "observedGeneration": bm.metadata.generation,
         "replicas": int(st.get("replicas") or 0),
         "readyReplicas": ready,
@@ -277,6 +277,16 @@ def build_status(
         "tuned": state.to_status(),
         "conditions": merge_conditions(previous, conditions, now),
     }
+    emulated = emulated_profile(bm)
+    if emulated or bm.status.emulated:  # None clears it when the model becomes a real one
+        status["emulated"] = emulated
+    return status
+
+
+def emulated_profile(bm: BatchedModel) -> str | None:
+    """The profile of an emulated accelerator (``emulated://PROFILE``), else None."""
+    uri = bm.spec.model.uri
+    return uri.removeprefix(EMULATED_SCHEME) if uri.startswith(EMULATED_SCHEME) else None
 
 
 def status_patch(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> dict[str, Any]:

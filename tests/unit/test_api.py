@@ -60,6 +60,13 @@ def test_model_uris_refused(uri: str) -> None:
         spec(model={"uri": uri, "task": "embedding"})
 
 
+def test_emulated_accelerator_uris_name_a_profile() -> None:
+    assert spec(model={"uri": "emulated://bert-large-l4", "task": "embedding"}).model.uri
+    for bad in ("emulated://", "emulated://Big_GPU", "emulated://a/b", "emulated://-x"):
+        with pytest.raises(ValidationError, match="uri"):
+            spec(model={"uri": bad, "task": "embedding"})
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [

@@ -248,6 +248,22 @@ def test_status_is_stable_when_nothing_changed() -> None:
     assert set(patch) == {"readyReplicas", "ready", "conditions"}
 
 
+def test_status_says_when_the_replicas_emulate_an_accelerator() -> None:
+    state, observed = TunedState(1, 32, 5.0, 1), Observed(deployment(1, 1))
+    emulated = bm().model_copy(
+        update={
+            "spec": bm().spec.model_copy(
+                update={"model": bm().spec.model.model_copy(update={"uri": "emulated://x-gpu"})}
+            )
+        }
+    )
+    shown = build_status(emulated, state, observed, T0)
+    assert shown["emulated"] == "x-gpu"
+    # Back to a real model: the field is cleared; a real model never had it.
+    assert build_status(bm(shown), state, observed, T1)["emulated"] is None
+    assert "emulated" not in build_status(bm(), state, observed, T0)
+
+
 def test_now_is_rfc3339() -> None:
     stamp = now_rfc3339()
     assert len(stamp) == 20
