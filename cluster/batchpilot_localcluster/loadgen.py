@@ -9,12 +9,14 @@ round-robin; the endpoints can change while the load runs (pods come and go).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 RateSchedule = Callable[[float], float]
 """Requests per second as a function of seconds since the load started."""
@@ -63,6 +65,21 @@ def steps(*levels: tuple[float, float]) -> RateSchedule:
     return rate
 
 
+def ramps(*knots: tuple[float, float]) -> RateSchedule:
+    """A piecewise-linear schedule through ``(seconds, rate)`` knots, in time order; 0 before
+    the first knot and after the last."""
+    if any(later[0] < earlier[0] for earlier, later in itertools.pairwise(knots)):
+        raise ValueError(f"ramps: knots must be in time order, got {knots}")
+
+    def rate(t: float) -> float:
+        for (t0, r0), (t1, r1) in itertools.pairwise(knots):
+            if t0 <= t < t1:
+                return r0 + (r1 - r0) * (t - t0) / (t1 - t0)
+        return 0.0
+
+    return rate
+
+
 async def run_load(
     endpoints: EndpointSource,
     rate: RateSchedule,
@@ -83,23 +100,32 @@ async def run_load(
     """
     rng = random.Random(seed)
     report = LoadReport()
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256)
     start = time.monotonic()
     in_flight: set[asyncio.Task[None]] = set()
     urls: Sequence[str] = await endpoints()
     refreshed = start
     turn = 0
+    # base64, as the official OpenAI client asks by default: a vector is 4 bytes a dimension
+    # instead of about 20 characters of JSON. Bodies are encoded once, not per request.
+    bodies = [
+        json.dumps({"model": model, "input": text, "encoding_format": "base64"}).encode()
+        for text in texts
+    ]
+    headers = {"content-type": "application/json"}
+    # aiohttp rather than httpx: a few times less client CPU per request, which matters at
+    # hundreds of requests per second from one process on a small machine.
+    connector = aiohttp.TCPConnector(limit=max_in_flight, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def one(url: str, sent_at: float, text: str) -> None:
+        async def one(url: str, sent_at: float, body: bytes) -> None:
             begun = time.monotonic()
             try:
-                resp = await client.post(
-                    f"{url}/v1/embeddings", json={"model": model, "input": text}
-                )
-                status = resp.status_code
-            except httpx.HTTPError:
+                async with session.post(f"{url}/v1/embeddings", data=body, headers=headers) as r:
+                    await r.read()
+                    status = r.status
+            except (aiohttp.ClientError, TimeoutError):
                 status = 0
             outcome = Outcome(sent_at, time.monotonic() - begun, status)
             report.outcomes.append(outcome)
@@ -128,7 +154,7 @@ async def run_load(
                 continue
             url = urls[turn % len(urls)]
             turn += 1
-            task = asyncio.create_task(one(url, next_at, texts[turn % len(texts)]))
+            task = asyncio.create_task(one(url, next_at, bodies[turn % len(bodies)]))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:

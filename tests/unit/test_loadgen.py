@@ -10,12 +10,19 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from batchpilot_localcluster.loadgen import LoadReport, Outcome, run_load, steps
+from batchpilot_localcluster.loadgen import LoadReport, Outcome, ramps, run_load, steps
 
 
 def test_steps_schedule_is_piecewise_constant() -> None:
     rate = steps((2.0, 10.0), (5.0, 40.0))
     assert [rate(0), rate(1.99), rate(2.0), rate(4.9), rate(5.0)] == [10, 10, 40, 40, 0]
+
+
+def test_ramps_schedule_is_piecewise_linear() -> None:
+    rate = ramps((0.0, 10.0), (10.0, 110.0), (20.0, 110.0), (30.0, 10.0))
+    assert [rate(0), rate(5), rate(10), rate(15), rate(25), rate(30)] == [10, 60, 110, 110, 60, 0]
+    with pytest.raises(ValueError, match="time order"):
+        ramps((5.0, 1.0), (1.0, 2.0))
 
 
 def test_p95_ignores_failures_and_handles_empty() -> None:
