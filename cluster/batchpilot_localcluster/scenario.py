@@ -29,6 +29,7 @@ JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "batchpilot"
 EXAMPLE = REPO / "examples" / "embedding-minilm.yaml"
+EMULATED_EXAMPLE = REPO / "examples" / "embedding-emulated-gpu.yaml"
 GROUP_PLURAL = "batchedmodels.batchpilot.dev"
 
 
@@ -90,6 +91,35 @@ def local_model(
                 },
             },
         }
+    )
+
+
+def emulated_model(
+    name: str,
+    *,
+    target_ms: float,
+    interval_s: int,
+    scale_down_delay_s: int,
+    min_replicas: int = 1,
+    max_replicas: int = 8,
+) -> JSON:
+    """The emulated-GPU example (no model runs: batches are timed waits from the
+    ``bert-large-l4`` profile), one emulated GPU per replica, with a faster loop."""
+    return example_model(
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": min_replicas,
+                "autoscaling": {
+                    "minReplicas": min_replicas,
+                    "maxReplicas": max_replicas,
+                    "latencyTargetMs": target_ms,
+                    "intervalSeconds": interval_s,
+                    "scaleDownDelaySeconds": scale_down_delay_s,
+                },
+            },
+        },
+        path=EMULATED_EXAMPLE,
     )
 
 
@@ -163,18 +193,18 @@ def get_model(cluster: LocalCluster, namespace: str, name: str) -> JSON | None:
 
 
 def wait_model_ready(
-    cluster: LocalCluster, namespace: str, name: str, *, timeout: float = 300.0
+    cluster: LocalCluster, namespace: str, name: str, *, replicas: int = 1, timeout: float = 300.0
 ) -> None:
-    """Wait until the BatchedModel's status shows its first replica ready (``1/1``); a
-    timeout names the status last seen."""
+    """Wait until the BatchedModel's status shows ``replicas`` ready of as many desired
+    (``1/1`` by default); a timeout names the status last seen."""
 
     def status() -> JSON:
         return (get_model(cluster, namespace, name) or {}).get("status") or {}
 
     wait_for(
-        lambda: status().get("ready") == "1/1",
+        lambda: status().get("ready") == f"{replicas}/{replicas}",
         timeout=timeout,
-        what=f"{namespace}/{name}'s first replica to be ready",
+        what=f"{namespace}/{name}'s {replicas} replica(s) to be ready",
         describe=lambda: f"status {status()}",
     )
 
