@@ -238,6 +238,20 @@ async def test_classify_and_the_open_inference_protocol(classifier: Any) -> None
         ({"name": "t", "shape": [3], "datatype": "BYTES", "data": ["a"]}, "inputs[0].shape"),
         ({"name": "t", "shape": [1], "datatype": "BYTES", "data": [7]}, "inputs[0].data"),
         ({"name": "t", "shape": [1], "datatype": "BYTES"}, "inputs.0.data"),
+        # A negative or overflowing product must not pass for the data's length.
+        (
+            {"name": "t", "shape": [-1, -2], "datatype": "BYTES", "data": ["a", "b"]},
+            "inputs[0].shape",
+        ),
+        (
+            {
+                "name": "t",
+                "shape": [3, 6148914691236517206],
+                "datatype": "BYTES",
+                "data": ["a", "b"],
+            },
+            "inputs[0].shape",
+        ),
     ],
 )
 async def test_bad_inference_protocol_requests_are_422(
