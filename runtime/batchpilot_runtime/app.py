@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from batchpilot_runtime import api
@@ -291,10 +292,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body: {declared} bytes; at most {limit}", param="body")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"body: over {limit} bytes", param="body")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"body: over {limit} bytes", param="body")
+    except ClientDisconnect:
+        # The client's doing, not the server's: counted as cancelled, like a later leave.
+        raise ApiError(CLIENT_CLOSED, "client closed the request", kind="cancelled") from None
     return bytes(body)
 
 
