@@ -359,7 +359,15 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def on_http_error(_: Request, exc: HTTPException) -> Response:
-        return _error(ApiError(exc.status_code, str(exc.detail), kind="invalid_request_error"))
+        # Starlette's headers carry meaning, such as a 405's Allow (RFC 9110).
+        return _error(
+            ApiError(
+                exc.status_code,
+                str(exc.detail),
+                kind="invalid_request_error",
+                headers=dict(exc.headers or {}),
+            )
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> Response:

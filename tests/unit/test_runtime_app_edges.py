@@ -72,3 +72,17 @@ async def test_a_client_that_leaves_mid_upload_is_cancelled_not_an_error(
     assert runtime.requests["error"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert model.batches == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", "/v1/embeddings", "POST"), ("POST", "/v2/health/live", "GET")],
+)
+async def test_a_method_not_allowed_names_the_allowed_ones(
+    embedder: Served, method: str, path: str, allowed: str
+) -> None:
+    client, _, _ = embedder
+    response = await client.request(method, path)
+    assert response.status_code == 405
+    assert allowed in [m.strip() for m in response.headers["allow"].split(",")]
+    assert response.json()["error"]["code"] == 405
