@@ -46,7 +46,8 @@ class ApiError(Exception):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=False)
+    # Strict: JSON true is not a dimension, nor "1" a top_k.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 BodyT = TypeVar("BodyT", bound=_Body)

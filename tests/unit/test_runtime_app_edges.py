@@ -86,3 +86,38 @@ async def test_a_method_not_allowed_names_the_allowed_ones(
     assert response.status_code == 405
     assert allowed in [m.strip() for m in response.headers["allow"].split(",")]
     assert response.json()["error"]["code"] == 405
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/embeddings", {"input": "x", "dimensions": True}, "dimensions"),
+        ("/v1/embeddings", {"input": "x", "dimensions": "2"}, "dimensions"),
+        ("/v1/embeddings", {"input": "x", "model": 7}, "model"),
+        ("/v1/classify", {"input": "x", "top_k": True}, "top_k"),
+        ("/v1/classify", {"input": "x", "top_k": "1"}, "top_k"),
+        (
+            "/v2/models/fake/infer",
+            {"inputs": [{"name": "t", "shape": [True], "datatype": "BYTES", "data": ["a"]}]},
+            "inputs.0.shape.0",
+        ),
+        (
+            "/v2/models/fake/infer",
+            {"inputs": [{"name": "t", "shape": ["1"], "datatype": "BYTES", "data": ["a"]}]},
+            "inputs.0.shape.0",
+        ),
+        (
+            "/v2/models/fake/infer",
+            {"id": 5, "inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]}]},
+            "id",
+        ),
+    ],
+)
+async def test_a_request_field_takes_only_the_json_type_it_names(
+    embedder: Served, path: str, body: dict[str, Any], field: str
+) -> None:
+    client, runtime, _ = embedder
+    response = await client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["message"].startswith(f"{field}:")
+    assert runtime.requests["ok"] == 0
