@@ -93,3 +93,28 @@ def test_watcher_applies_valid_files_and_keeps_the_last_good(
     assert watcher.check()
     assert [c.max_batch_size for c in seen] == [4, 9]
     assert watcher.error is None
+
+
+def test_a_deleted_config_file_clears_the_error_and_keeps_the_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "batching.json"
+    watcher = ConfigWatcher(path, BatchingConfig())
+    path.write_text('{"maxBatchSize": 6}')
+    assert watcher.check()
+    path.write_text('{"maxBatchSize": -1}')
+    assert not watcher.check()
+    assert watcher.error is not None
+    path.unlink()
+    with caplog.at_level(logging.INFO):
+        assert not watcher.check()
+        assert not watcher.check()
+    # Missing is not an error: the config in force stays, and it is said once.
+    assert watcher.error is None
+    assert watcher.config.max_batch_size == 6
+    assert caplog.text.count("no batching config") == 1
+    # The same invalid document written again is reported again.
+    path.write_text('{"maxBatchSize": -1}')
+    assert not watcher.check()
+    assert watcher.error is not None
+    assert "maxBatchSize" in watcher.error
