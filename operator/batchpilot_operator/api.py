@@ -42,10 +42,12 @@ Task = Literal["embedding", "classification"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
+# A pvc:// path segment is anything but "..", which would lead out of the claim; spelt out
+# without a lookahead, which neither the API server's regex engine nor pydantic's has.
 MODEL_URI_PATTERN = (
     r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
     r"|file:///[^\s]*"
-    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?)$"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/(\.?[^\s/.][^\s/]*|\.\.[^\s/]+|\.)?)*)$"
 )
 """``hf://org/name`` (or ``hf://name``), ``file:///absolute/path``, ``pvc://claim[/path]``."""
 

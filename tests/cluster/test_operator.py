@@ -549,6 +549,11 @@ INVALID: list[tuple[str, JSON, str]] = [
     ("wait-negative", {"batching": {"maxWaitMs": -1}}, "spec.batching.maxWaitMs"),
     ("unknown-task", {"model": {"uri": "hf://a/b", "task": "translation"}}, "spec.model.task"),
     ("bad-uri", {"model": {"uri": "s3://bucket/m", "task": "embedding"}}, "spec.model.uri"),
+    (
+        "pvc-dotdot",
+        {"model": {"uri": "pvc://claim/../../../../etc", "task": "embedding"}},
+        "spec.model.uri",
+    ),
     ("missing-model", {"model": None, "replicas": 1}, "spec.model"),
     (
         "min-gt-max-replicas",

@@ -45,6 +45,9 @@ def test_defaults() -> None:
         "file:///models/bert",
         "pvc://models/bert/base",
         "pvc://models",
+        "pvc://models/",
+        "pvc://models/./bert",
+        "pvc://models/.cache/..bert/v1..2/...",
     ],
 )
 def test_model_uris_accepted(uri: str) -> None:
@@ -53,7 +56,18 @@ def test_model_uris_accepted(uri: str) -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["s3://bucket/m", "hf://", "file://relative", "pvc://Bad_Claim/x", "org/name", "hf://a/b/c"],
+    [
+        "s3://bucket/m",
+        "hf://",
+        "file://relative",
+        "pvc://Bad_Claim/x",
+        "org/name",
+        "hf://a/b/c",
+        "pvc://claim/../../../../etc",
+        "pvc://claim/..",
+        "pvc://claim/bert/../other",
+        "pvc://claim//..",
+    ],
 )
 def test_model_uris_refused(uri: str) -> None:
     with pytest.raises(ValidationError, match="uri"):
