@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -42,10 +49,12 @@ Task = Literal["embedding", "classification"]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
+# A pvc:// path segment is anything but "..", which would lead out of the claim; spelt out
+# without a lookahead, which neither the API server's regex engine nor pydantic's has.
 MODEL_URI_PATTERN = (
     r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
     r"|file:///[^\s]*"
-    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/(\.?[^\s/.][^\s/]*|\.\.[^\s/]+|\.)?)*"
     r"|emulated://[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"
 )
 """``hf://org/name`` (or ``hf://name``), ``file:///absolute/path``, ``pvc://claim[/path]``,
@@ -60,6 +69,42 @@ RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 """An extended resource name such as ``nvidia.com/gpu``."""
 
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+RUNTIME_TUNING_ENV = (
+    "BATCHPILOT_THREADS",
+    "BATCHPILOT_PIPELINE_DEPTH",
+    "BATCHPILOT_NORMALIZE",
+    "BATCHPILOT_MAX_BODY_BYTES",
+    "BATCHPILOT_MAX_INPUTS",
+    "BATCHPILOT_MAX_INPUT_CHARS",
+    "BATCHPILOT_RELOAD_INTERVAL",
+    "BATCHPILOT_LOG_LEVEL",
+)
+"""The runtime settings ``spec.env`` may set: tuning knobs that no spec field controls.
+
+Every other ``BATCHPILOT_`` name is reserved: the operator sets it from the spec (or passes it
+as a flag), and a copy in ``spec.env`` would get round a policy that checks the spec's field,
+such as ``trustRemoteCode``."""
+
+RESERVED_ENV = ("HF_MODULES_CACHE",)
+"""Reserved names outside the ``BATCHPILOT_`` prefix that the operator sets."""
+
+RESERVED_ENV_MESSAGE = (
+    "is reserved for the operator, which sets the runtime's settings from the spec: "
+    f"{', '.join(RESERVED_ENV)} and every BATCHPILOT_ name except the tuning knobs "
+    f"{', '.join(RUNTIME_TUNING_ENV)}"
+)
+
+
+def _reserved_env(name: str) -> bool:
+    return name not in RUNTIME_TUNING_ENV and (
+        name.startswith("BATCHPILOT_") or name in RESERVED_ENV
+    )
+
+
+def _cel_list(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
 
 LabelValue = Annotated[
     str,
@@ -229,13 +274,23 @@ class EnvVar(_Base):
                 _cel(
                     "!(has(self.value) && has(self.valueFrom))",
                     "value and valueFrom are mutually exclusive",
-                )
+                ),
+                _cel(
+                    f"self.name in {_cel_list(RUNTIME_TUNING_ENV)} || "
+                    f"!(self.name.startsWith('BATCHPILOT_') || "
+                    f"self.name in {_cel_list(RESERVED_ENV)})",
+                    f"name {RESERVED_ENV_MESSAGE}",
+                    ".name",
+                ),
             ]
         }
     )
 
     name: str = Field(
-        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, description="Variable name."
+        min_length=1,
+        max_length=256,
+        pattern=ENV_NAME_PATTERN,
+        description="Variable name, not a reserved one (see env).",
     )
     value: str | None = Field(default=None, max_length=32768, description="A literal value.")
     value_from: EnvSource | None = Field(
@@ -247,6 +302,13 @@ class EnvVar(_Base):
         if self.value is not None and self.value_from is not None:
             raise ValueError("value and valueFrom are mutually exclusive")
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if _reserved_env(name):
+            raise ValueError(f"{name} {RESERVED_ENV_MESSAGE}")
+        return name
 
 
 class Batching(_Base):
@@ -400,7 +462,11 @@ class BatchedModelSpec(_Base):
     env: list[EnvVar] | None = Field(
         default=None,
         max_length=128,
-        description="Extra environment variables for the runtime container.",
+        description=(
+            "Extra environment variables for the runtime container. The names the operator "
+            "sets are reserved: every BATCHPILOT_ name except the runtime tuning knobs "
+            f"{', '.join(RUNTIME_TUNING_ENV)}, and {', '.join(RESERVED_ENV)}."
+        ),
     )
     replicas: int = Field(
         default=1,

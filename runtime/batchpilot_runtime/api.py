@@ -46,7 +46,8 @@ class ApiError(Exception):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=False)
+    # Strict: JSON true is not a dimension, nor "1" a top_k.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 BodyT = TypeVar("BodyT", bound=_Body)
@@ -122,14 +123,31 @@ def infer_texts(req: InferRequest) -> list[str]:
     flat = _flatten(tensor.data)
     if not all(isinstance(t, str) for t in flat):
         raise ApiError(422, "inputs[0].data: every element must be a string", param="inputs.0.data")
-    count = int(np.prod(tensor.shape)) if tensor.shape else 0
-    if count != len(flat):
+    if any(dim < 0 for dim in tensor.shape):
         raise ApiError(
             422,
-            f"inputs[0].shape: {tensor.shape} holds {count} elements, data has {len(flat)}",
+            f"inputs[0].shape: {tensor.shape} has a negative dimension",
+            param="inputs.0.shape",
+        )
+    if _element_count(tensor.shape, len(flat)) != len(flat):
+        raise ApiError(
+            422,
+            f"inputs[0].shape: {tensor.shape} does not match the {len(flat)} elements of data",
             param="inputs.0.shape",
         )
     return texts_of(flat, "inputs[0].data")
+
+
+def _element_count(shape: list[int], cap: int) -> int:
+    """The product of ``shape`` (0 for ``[]``), or ``cap + 1`` for any product over ``cap``.
+
+    Exact integers, never numpy's int64 product, which wraps around and can match any length;
+    the cap keeps a long shape of huge dimensions cheap.
+    """
+    count = 1 if shape else 0
+    for dim in shape:
+        count = min(count * dim, cap + 1)
+    return count
 
 
 def _flatten(data: list[Any]) -> list[Any]:

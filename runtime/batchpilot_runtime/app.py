@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from batchpilot_runtime import api
@@ -294,10 +295,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body: {declared} bytes; at most {limit}", param="body")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"body: over {limit} bytes", param="body")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"body: over {limit} bytes", param="body")
+    except ClientDisconnect:
+        # The client's doing, not the server's: counted as cancelled, like a later leave.
+        raise ApiError(CLIENT_CLOSED, "client closed the request", kind="cancelled") from None
     return bytes(body)
 
 
@@ -357,7 +362,15 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def on_http_error(_: Request, exc: HTTPException) -> Response:
-        return _error(ApiError(exc.status_code, str(exc.detail), kind="invalid_request_error"))
+        # Starlette's headers carry meaning, such as a 405's Allow (RFC 9110).
+        return _error(
+            ApiError(
+                exc.status_code,
+                str(exc.detail),
+                kind="invalid_request_error",
+                headers=dict(exc.headers or {}),
+            )
+        )
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> Response:

@@ -31,10 +31,14 @@ class ConfigError(ValueError):
 
 
 class BatchingConfig(BaseModel):
-    """How the runtime groups requests into batches. Field names are the JSON keys."""
+    """How the runtime groups requests into batches. Field names are the JSON keys.
+
+    The fields are strict, so that ``true`` or ``"8"`` never pass for a number; a
+    millisecond field still takes an integer.
+    """
 
     model_config = ConfigDict(
-        populate_by_name=True, extra="forbid", frozen=True, validate_by_alias=True
+        populate_by_name=True, extra="forbid", frozen=True, validate_by_alias=True, strict=True
     )
 
     max_batch_size: int = Field(

@@ -2,7 +2,7 @@
 
 Kubelet updates a mounted ConfigMap by swapping a symlink, and other tools rewrite the file in
 place; reading the (tiny) file every ``interval`` seconds and comparing bytes catches both.
-A missing file keeps the config in force; an invalid one is logged and ignored.
+A missing file keeps the config in force and is no error; an invalid one is logged and ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class ConfigWatcher:
         self.on_change = on_change
         self.interval = interval
         self._seen: bytes | None = None
+        self._missing = False
         self._task: asyncio.Task[None] | None = None
 
     def check(self) -> bool:
@@ -42,13 +43,18 @@ class ConfigWatcher:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            if self._seen is None and self.error is None:
+            # Not an error: the config in force stays. Whatever was said of the old file no
+            # longer holds, and a file written later is read afresh, even if it is the same.
+            if not self._missing:
                 log.info("no batching config at %s; using %s", self.path, self._describe())
-                self.error = f"{self.path}: not found"
+            self._missing = True
+            self._seen = None
+            self.error = None
             return False
         except OSError as exc:
             self._report(f"cannot read {self.path}: {exc.strerror or exc}")
             return False
+        self._missing = False
         if data == self._seen:
             return False
         self._seen = data

@@ -186,11 +186,27 @@ def resolve_model_path(uri: str, env: Mapping[str, str] | None = None) -> Path:
     if uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))
     elif uri.startswith("pvc://"):
-        path = Path(env.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / uri.removeprefix("pvc://")
+        path = _claim_path(uri, Path(env.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)))
     elif "://" in uri:
         raise ValueError(f"{uri}: unsupported scheme; use a path, file://, hf:// or pvc://")
     else:
         path = Path(uri)
     if not path.is_dir():
         raise FileNotFoundError(f"{uri}: no model directory at {path}")
+    return path
+
+
+def _claim_path(uri: str, root: Path) -> Path:
+    """``root/claim/path`` for ``pvc://claim/path``, resolved; refused if it leaves the claim.
+
+    Resolved before the check, so that neither a ``..`` segment nor a symlink reaches another
+    claim or the rest of the file system.
+    """
+    claim, _, rest = uri.removeprefix("pvc://").partition("/")
+    if claim in ("", ".", ".."):
+        raise ValueError(f"{uri}: no claim name; use pvc://claim/path")
+    base = (root / claim).resolve()
+    path = (base / rest).resolve()
+    if not path.is_relative_to(base):
+        raise ValueError(f"{uri}: the path leads out of claim {claim!r} (by '..' or a symlink)")
     return path

@@ -549,6 +549,11 @@ INVALID: list[tuple[str, JSON, str]] = [
     ("wait-negative", {"batching": {"maxWaitMs": -1}}, "spec.batching.maxWaitMs"),
     ("unknown-task", {"model": {"uri": "hf://a/b", "task": "translation"}}, "spec.model.task"),
     ("bad-uri", {"model": {"uri": "s3://bucket/m", "task": "embedding"}}, "spec.model.uri"),
+    (
+        "pvc-dotdot",
+        {"model": {"uri": "pvc://claim/../../../../etc", "task": "embedding"}},
+        "spec.model.uri",
+    ),
     ("missing-model", {"model": None, "replicas": 1}, "spec.model"),
     (
         "min-gt-max-replicas",
@@ -592,6 +597,12 @@ INVALID: list[tuple[str, JSON, str]] = [
         "spec.tolerations[0].operator",
     ),
     ("autoscaling-type", {"autoscaling": {"enabled": "yes"}}, "spec.autoscaling.enabled"),
+    (
+        "env-reserved",
+        {"env": [{"name": "BATCHPILOT_TRUST_REMOTE_CODE", "value": "true"}]},
+        "spec.env[0].name",
+    ),
+    ("env-reserved-hf", {"env": [{"name": "HF_MODULES_CACHE", "value": "/x"}]}, "spec.env[0].name"),
 ]
 
 
@@ -614,6 +625,35 @@ def test_invalid_specs_are_refused_by_the_api_server(
     assert result.returncode != 0, f"{case} was accepted"
     assert field in result.stderr, result.stderr
     assert cluster.kubectl("get", "bm", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+
+def test_edge_specs_are_accepted_by_the_api_server(
+    cluster: LocalCluster, namespace: str, crd: None
+) -> None:
+    # What the CRD's rules must keep allowing: a tuning knob in env, a dotted pvc:// path.
+    manifest = {
+        "apiVersion": "batchpilot.dev/v1alpha1",
+        "kind": "BatchedModel",
+        "metadata": {"name": "edges"},
+        "spec": {
+            "model": {"uri": "pvc://models/.cache/v1..2/bert", "task": "embedding"},
+            "env": [
+                {"name": "BATCHPILOT_THREADS", "value": "1"},
+                {"name": "HF_TOKEN", "value": "t"},
+            ],
+        },
+    }
+    result = cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps(manifest),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_invalid_name_is_refused(cluster: LocalCluster, namespace: str, crd: None) -> None:

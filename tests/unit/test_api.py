@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from batchpilot_operator import desired
 from batchpilot_operator.api import (
+    RUNTIME_TUNING_ENV,
     BatchedModel,
     BatchedModelSpec,
     BatchedModelStatus,
@@ -17,6 +20,7 @@ from batchpilot_operator.api import (
     settle_generation,
 )
 from batchpilot_runtime.config import BatchingConfig
+from batchpilot_runtime.settings import Settings
 
 BASIC: dict[str, Any] = {"model": {"uri": "hf://org/model", "task": "embedding"}}
 
@@ -45,6 +49,9 @@ def test_defaults() -> None:
         "file:///models/bert",
         "pvc://models/bert/base",
         "pvc://models",
+        "pvc://models/",
+        "pvc://models/./bert",
+        "pvc://models/.cache/..bert/v1..2/...",
     ],
 )
 def test_model_uris_accepted(uri: str) -> None:
@@ -53,7 +60,18 @@ def test_model_uris_accepted(uri: str) -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["s3://bucket/m", "hf://", "file://relative", "pvc://Bad_Claim/x", "org/name", "hf://a/b/c"],
+    [
+        "s3://bucket/m",
+        "hf://",
+        "file://relative",
+        "pvc://Bad_Claim/x",
+        "org/name",
+        "hf://a/b/c",
+        "pvc://claim/../../../../etc",
+        "pvc://claim/..",
+        "pvc://claim/bert/../other",
+        "pvc://claim//..",
+    ],
 )
 def test_model_uris_refused(uri: str) -> None:
     with pytest.raises(ValidationError, match="uri"):
@@ -97,6 +115,56 @@ def test_emulated_accelerator_uris_name_a_profile() -> None:
 def test_invalid_specs_are_refused_naming_the_field(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         spec(**changes)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "BATCHPILOT_TRUST_REMOTE_CODE",
+        "BATCHPILOT_DTYPE",
+        "BATCHPILOT_PVC_ROOT",
+        "BATCHPILOT_MODEL",
+        "BATCHPILOT_PORT",
+        "BATCHPILOT_MAX_BATCH_SIZE",
+        "BATCHPILOT_CONFIG",
+        "HF_MODULES_CACHE",
+    ],
+)
+def test_env_names_the_operator_sets_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match=rf"(?s)env\.0\.name.*{name} is reserved"):
+        spec(env=[{"name": name, "value": "true"}])
+
+
+def test_the_runtime_tuning_knobs_may_be_set_in_env() -> None:
+    names = [*RUNTIME_TUNING_ENV, "LOG_LEVEL", "HF_TOKEN", "BATCHPILOT"]
+    s = spec(env=[{"name": n, "value": "1"} for n in names])
+    assert [e.name for e in s.env or []] == names
+    assert "BATCHPILOT_THREADS" in RUNTIME_TUNING_ENV
+
+
+def test_every_other_runtime_setting_and_the_operators_env_are_reserved() -> None:
+    settings = {f"BATCHPILOT_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    assert set(RUNTIME_TUNING_ENV) <= settings
+    for name in settings - set(RUNTIME_TUNING_ENV):
+        with pytest.raises(ValidationError, match="reserved"):
+            spec(env=[{"name": name, "value": "x"}])
+    # Whatever the operator puts in the runtime container's env is reserved.
+    full = {
+        "model": {
+            "uri": "pvc://models/bert",
+            "task": "embedding",
+            "dtype": "float16",
+            "trustRemoteCode": True,
+        }
+    }
+    bm = BatchedModel.from_body({"metadata": {"name": "m"}, "spec": full})
+    deployment = desired.desired_deployment(bm, TunedState(1, 8, 1.0))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    set_by_operator = {e["name"] for e in container["env"]}
+    assert set_by_operator >= {"BATCHPILOT_TRUST_REMOTE_CODE", "HF_MODULES_CACHE"}
+    for name in set_by_operator:
+        with pytest.raises(ValidationError, match="reserved"):
+            spec(env=[{"name": name, "value": "x"}])
 
 
 def test_missing_model_is_refused() -> None:

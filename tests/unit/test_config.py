@@ -33,12 +33,26 @@ def test_defaults_fill_missing_keys() -> None:
         ('{"maxQueue": 0}', "maxQueue"),
         ('{"requestTimeoutMs": 0}', "requestTimeoutMs"),
         ('{"maxBatchSize": 8, "surprise": 1}', "surprise"),
+        # A bool or a string does not pass for a number.
+        ('{"maxBatchSize": true}', "maxBatchSize"),
+        ('{"maxBatchSize": "8"}', "maxBatchSize"),
+        ('{"maxWaitMs": true}', "maxWaitMs"),
+        ('{"maxWaitMs": "5"}', "maxWaitMs"),
+        ('{"maxQueue": true}', "maxQueue"),
+        ('{"requestTimeoutMs": "100"}', "requestTimeoutMs"),
+        ('{"generation": "3"}', "generation"),
         ("{not json", "document"),
     ],
 )
 def test_invalid_documents_name_the_field(document: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         BatchingConfig.from_json(document)
+
+
+def test_a_number_field_takes_an_integer() -> None:
+    cfg = BatchingConfig.from_json('{"maxWaitMs": 5, "requestTimeoutMs": 100}')
+    assert (cfg.max_wait_ms, cfg.request_timeout_ms) == (5.0, 100.0)
+    assert BatchingConfig(maxWaitMs=2, maxBatchSize=4).max_wait_ms == 2.0
 
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:

@@ -85,6 +85,12 @@ def test_validation_rules_and_bounds() -> None:
     }
     assert spec["autoscaling"]["default"]["enabled"] is False
     assert "metadata.name" in schema["x-kubernetes-validations"][0]["message"]
+    env_rules = spec["env"]["items"]["x-kubernetes-validations"]
+    reserved = next(r for r in env_rules if r.get("fieldPath") == ".name")
+    assert "startsWith('BATCHPILOT_')" in reserved["rule"]
+    assert "'BATCHPILOT_THREADS'" in reserved["rule"]
+    assert "BATCHPILOT_THREADS" in reserved["message"]
+    assert "HF_MODULES_CACHE" in reserved["message"]
     conditions = schema["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
 

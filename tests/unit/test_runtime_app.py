@@ -6,8 +6,7 @@ import asyncio
 import base64
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,107 +14,11 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from fastapi import FastAPI
+from fakeruntime import LABELS, FakeModel, serve, settings, until, until_ready, write_config
 
 from batchpilot_runtime import telemetry
 from batchpilot_runtime.app import Runtime, create_app
-from batchpilot_runtime.backends import (
-    ClassificationOutput,
-    EmbeddingOutput,
-    ModelInfo,
-    ServedModel,
-)
-from batchpilot_runtime.batcher import Batch
-from batchpilot_runtime.settings import Settings
-
-LABELS = ("negative", "positive")
-
-
-class FakeModel:
-    """Embeds a text as [len, words, 0, 0]; classifies by whether it contains 'good'."""
-
-    def __init__(self, task: str = "embedding") -> None:
-        self._info = ModelInfo(
-            task=task,  # type: ignore[arg-type]
-            device="fake",
-            dimensions=4 if task == "embedding" else None,
-            labels=LABELS if task == "classification" else (),
-        )
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.batches: list[list[str]] = []
-        self.entered = asyncio.Event()
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def max_batch_cap(self) -> int | None:
-        return None
-
-    async def warm_up(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-    async def run(self, batch: Batch) -> Sequence[object]:
-        texts = list(batch.payloads)
-        self.batches.append(texts)
-        self.entered.set()
-        await self.gate.wait()
-        if self._info.task == "embedding":
-            return [
-                EmbeddingOutput(np.array([len(t), len(t.split()), 0, 0], np.float32), len(t))
-                for t in texts
-            ]
-        return [
-            ClassificationOutput(
-                np.array([0.1, 0.9] if "good" in t else [0.8, 0.2], np.float32), len(t)
-            )
-            for t in texts
-        ]
-
-
-def settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "model": "/models/fake",
-        "name": "fake",
-        "config": tmp_path / "batching.json",
-        "normalize": False,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def write_config(path: Path, **fields: Any) -> None:
-    path.write_text(json.dumps(fields))
-
-
-@asynccontextmanager
-async def serve(
-    cfg: Settings, loader: Callable[[], Sequence[ServedModel]]
-) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    app: FastAPI = create_app(cfg, loader)
-    runtime: Runtime = app.state.runtime
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://runtime") as client:
-            yield client, runtime
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) for ``condition``, yielding to the app in between."""
-    for _ in range(4000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never became true")
-
-
-async def until_ready(runtime: Runtime) -> None:
-    await until(lambda: runtime.ready)
+from batchpilot_runtime.backends import ServedModel
 
 
 @pytest.fixture
@@ -335,6 +238,20 @@ async def test_classify_and_the_open_inference_protocol(classifier: Any) -> None
         ({"name": "t", "shape": [3], "datatype": "BYTES", "data": ["a"]}, "inputs[0].shape"),
         ({"name": "t", "shape": [1], "datatype": "BYTES", "data": [7]}, "inputs[0].data"),
         ({"name": "t", "shape": [1], "datatype": "BYTES"}, "inputs.0.data"),
+        # A negative or overflowing product must not pass for the data's length.
+        (
+            {"name": "t", "shape": [-1, -2], "datatype": "BYTES", "data": ["a", "b"]},
+            "inputs[0].shape",
+        ),
+        (
+            {
+                "name": "t",
+                "shape": [3, 6148914691236517206],
+                "datatype": "BYTES",
+                "data": ["a", "b"],
+            },
+            "inputs[0].shape",
+        ),
     ],
 )
 async def test_bad_inference_protocol_requests_are_422(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,59 @@ def test_watcher_applies_valid_files_and_keeps_the_last_good(
     assert watcher.check()
     assert [c.max_batch_size for c in seen] == [4, 9]
     assert watcher.error is None
+
+
+def test_a_deleted_config_file_clears_the_error_and_keeps_the_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "batching.json"
+    watcher = ConfigWatcher(path, BatchingConfig())
+    path.write_text('{"maxBatchSize": 6}')
+    assert watcher.check()
+    path.write_text('{"maxBatchSize": -1}')
+    assert not watcher.check()
+    assert watcher.error is not None
+    path.unlink()
+    with caplog.at_level(logging.INFO):
+        assert not watcher.check()
+        assert not watcher.check()
+    # Missing is not an error: the config in force stays, and it is said once.
+    assert watcher.error is None
+    assert watcher.config.max_batch_size == 6
+    assert caplog.text.count("no batching config") == 1
+    # The same invalid document written again is reported again.
+    path.write_text('{"maxBatchSize": -1}')
+    assert not watcher.check()
+    assert watcher.error is not None
+    assert "maxBatchSize" in watcher.error
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pvc://claim/../../outside",
+        "pvc://claim/../../../../../../../../../../../../etc",
+        "pvc://claim/bert/../../other",
+        "pvc://../outside",
+        "pvc://",
+    ],
+)
+def test_a_pvc_uri_never_leads_out_of_its_claim(tmp_path: Path, uri: str) -> None:
+    root = tmp_path / "pvc"
+    (root / "claim" / "bert").mkdir(parents=True)
+    (root / "other").mkdir()
+    (tmp_path / "outside").mkdir()
+    with pytest.raises(ValueError, match=re.escape(uri)):
+        resolve_model_path(uri, {"BATCHPILOT_PVC_ROOT": str(root)})
+
+
+def test_a_pvc_symlink_out_of_the_claim_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "pvc"
+    (root / "claim").mkdir(parents=True)
+    (root / "claim" / "escape").symlink_to(tmp_path)
+    env = {"BATCHPILOT_PVC_ROOT": str(root)}
+    with pytest.raises(ValueError, match="out of claim"):
+        resolve_model_path("pvc://claim/escape", env)
+    # Inside the claim, . and .. that stay within it are fine.
+    (root / "claim" / "bert").mkdir()
+    assert resolve_model_path("pvc://claim/bert/./x/..", env) == root / "claim" / "bert"
