@@ -5,10 +5,10 @@ BatchedModel (all-MiniLM-L6-v2 from the node's model cache), one CPU thread per 
 load is open-loop HTTP against the ready pods. A load step must make the loop retune the
 batching through the ConfigMap from the measured service time (the pods then report the new
 config in force) with p95 under the target while the load holds. Once the load is gone, a
-replica a user adds by hand must go again, but not before the scale-down delay. With batches
-bounded to one item, a load beyond one replica must make the loop add the second one from
-the measured busy share, and take it away after the delay once the load stops. Bounded:
-about five minutes for both.
+replica a user adds by hand must go again, but not before the scale-down delay. Bounded:
+about two and a half minutes. (Replicas that the loop adds and removes under load are tested
+on emulated GPUs, in ``test_emulated_replicas.py``: two real MiniLM replicas cannot share
+this machine's two cores.)
 """
 
 from __future__ import annotations
@@ -179,56 +179,3 @@ def test_load_step_retunes_batching_and_idle_replicas_go_after_the_delay(
         "maxBatchSize" in e["message"] or "maxWaitMs" in e["message"]
         for e in model_events(cluster, namespace, NAME)
     )
-
-
-# One item per batch: one replica carries about 1/t(1), some 45-65 requests/s here, so this
-# load needs a second one at the loop's 70% busy target while the model's CPU stays within
-# one of the machine's two cores.
-BEYOND_ONE = 50.0
-BEYOND_FOR_S = 45.0
-
-
-def last_need_for_two(result: ScenarioResult) -> float | None:
-    """Seconds into the load of the last status sample whose decision sized it at two or
-    more replicas, or of the scale-up itself, whichever is later."""
-    times = [s.t for s in result.samples if (s.needed_replicas or 0) >= 2]
-    scaled = [s.t for s in result.samples if s.desired >= 2][:1]
-    return max(times + scaled, default=None)
-
-
-def test_load_beyond_one_replica_adds_one_that_goes_after_the_delay(
-    cluster: LocalCluster, namespace: str
-) -> None:
-    start(cluster, namespace, model_manifest(max_batch_size=1))
-    load_started = time.monotonic()
-    result = asyncio.run(
-        drive(cluster, namespace, NAME, steps((BEYOND_FOR_S, BEYOND_ONE)), BEYOND_FOR_S)
-    )
-    story = timeline(result)
-    assert any(s.desired >= 2 for s in result.samples), (
-        f"the loop never added a replica under the load\n{story}"
-    )
-
-    # No load now: the replica goes, but only once the delay has passed since the need for
-    # it. That need may end before the load does: on a fast machine one replica at the
-    # headroom the loop learnt (up to 80% busy) carries 50 requests/s.
-    need = last_need_for_two(result)
-    assert need is not None
-    wait_for(
-        lambda: tuned_replicas(cluster, namespace) == 1,
-        timeout=SCALE_DOWN_DELAY_S + 60,
-        interval=1.0,
-        what="the scale-down",
-        describe=lambda: f"{last_decision(cluster, namespace)}\n{story}",
-    )
-    held = time.monotonic() - (load_started + need)
-    assert held >= SCALE_DOWN_DELAY_S - INTERVAL_S, (
-        f"scaled down {held:.0f} s after the last need for 2 replicas\n{story}"
-    )
-    # The Events follow the status write.
-    events = wait_for(
-        lambda: has_event(cluster, namespace, "ScaledDown"), timeout=15, what="ScaledDown"
-    )
-    scaled_up = [e for e in events if e["reason"] == "ScaledUp"]
-    assert scaled_up, [e["reason"] for e in events]
-    assert "demand" in scaled_up[0]["message"]

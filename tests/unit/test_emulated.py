@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
 
 from bench.loop.simulator import run_virtual
-from test_runtime_app import serve, until_ready
+from fakeruntime import serve, until_ready
 
 from batchpilot_runtime import __main__ as runtime_main
 from batchpilot_runtime.app import create_app
