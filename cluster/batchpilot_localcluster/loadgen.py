@@ -32,6 +32,7 @@ class Outcome:
     sent_at: float  # seconds since the load started
     latency_s: float
     status: int  # HTTP status, or 0 when no answer came back
+    endpoint: str = ""  # the base URL it was sent to ("" when it was never sent)
 
 
 @dataclass
@@ -127,7 +128,7 @@ async def run_load(
                     status = r.status
             except (aiohttp.ClientError, TimeoutError):
                 status = 0
-            outcome = Outcome(sent_at, time.monotonic() - begun, status)
+            outcome = Outcome(sent_at, time.monotonic() - begun, status, url)
             report.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)

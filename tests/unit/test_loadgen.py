@@ -65,6 +65,7 @@ async def test_every_request_sent_gets_exactly_one_outcome(
     report = await run_load(endpoints, steps((1.0, 200.0)), 1.0, model="m", seed=1)
     assert len(report.outcomes) == len(seen)
     assert all(o.status == 200 for o in report.outcomes)
+    assert {o.endpoint for o in report.outcomes} == {url}
     # Poisson at 200/s for 1 s: far from 0 and from a runaway loop.
     assert 120 < len(seen) < 300
     assert report.outcomes == sorted(report.outcomes, key=lambda o: o.sent_at)
