@@ -238,3 +238,18 @@ def test_create_app_accepts_the_emulated_loader(tmp_path: Path) -> None:
     app = create_app(cfg, lambda: load_emulated(cfg.model, "embedding"))
     assert app.state.runtime.name == "bert-large-l4"
     assert math.isclose(load_profile(cfg.model).batch_seconds(10), 0.071)
+
+
+def test_the_profiles_readme_states_each_profiles_numbers() -> None:
+    folder = Path(__file__).resolve().parents[2] / "runtime" / "batchpilot_runtime" / "profiles"
+    rows = {
+        line.split("|")[1].strip(" `"): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in (folder / "README.md").read_text().splitlines()
+        if line.startswith("| `")
+    }
+    assert set(rows) == set(profile_names())
+    for name, (_, line, cap, load, _) in rows.items():
+        shipped = load_profile(name)
+        assert line == f"{shipped.base_ms:.1f} + {shipped.per_item_ms:.3g} b", name
+        assert cap == (str(shipped.max_batch) if shipped.max_batch else "none"), name
+        assert load == f"{shipped.load_seconds:g} s", name
