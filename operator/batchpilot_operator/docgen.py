@@ -165,6 +165,17 @@ def crd_page(crd: dict[str, Any]) -> str:
     return out
 
 
+def config_page(schema: dict[str, Any], key: str, path: str) -> str:
+    """The batching config document (the ConfigMap contract), from its structural schema."""
+    out = _header("The batching config: `batching.json`", "`runtime/batchpilot_runtime/config.py`")
+    out += (
+        f"ConfigMap `<name>-batching`, key `{key}`, mounted at `{path}` and reloaded while "
+        "the runtime runs ([the contract](../concepts/contracts.md)). Unknown keys make the "
+        "file invalid: it is ignored and the last good config stays.\n\n"
+    )
+    return out + _table(["key", "type", "default", "bounds", "meaning"], _field_rows(schema, True))
+
+
 # ------------------------------------------------------------------------------- the metrics
 
 
@@ -355,6 +366,15 @@ def _crd() -> str:
     return crd_page(crdgen.crd())
 
 
+def _config() -> str:
+    from batchpilot_operator import crdgen
+    from batchpilot_runtime import config
+
+    raw = config.BatchingConfig.model_json_schema(by_alias=True)
+    schema = crdgen.structural(raw, raw.get("$defs", {}))
+    return config_page(schema, config.CONFIGMAP_KEY, str(config.DEFAULT_CONFIG_PATH))
+
+
 def _metrics() -> str:
     from batchpilot_runtime import telemetry
     from batchpilot_runtime.config import BatchingConfig
@@ -387,6 +407,7 @@ def _chart_values() -> str:
 
 PAGES: dict[Path, Callable[[], str]] = {
     REFERENCE / "batchedmodel.md": _crd,
+    REFERENCE / "batching-json.md": _config,
     REFERENCE / "metrics.md": _metrics,
     REFERENCE / "runtime.md": _runtime,
     REFERENCE / "operator.md": _operator,

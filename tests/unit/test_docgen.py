@@ -13,6 +13,7 @@ from batchpilot_operator import api, crdgen, docgen
 from batchpilot_operator.__main__ import build_parser
 from batchpilot_operator.settings import OperatorSettings
 from batchpilot_runtime import settings, telemetry
+from batchpilot_runtime.config import BatchingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,3 +111,10 @@ def test_values_page_takes_helm_docs_comments_and_nested_keys() -> None:
     assert table_keys(page) == ["image", "image.tag", "labels"]
     assert '| `image.tag` | string | `""` | Its tag, over two lines. |' in page
     assert '| `labels` | object | `{"a":"b"}` | Extra labels. |' in page
+
+
+def test_config_page_lists_every_key_of_the_contract() -> None:
+    page = docgen.PAGES[docgen.REFERENCE / "batching-json.md"]()
+    keys = table_keys(page)
+    assert keys == [info.alias or name for name, info in BatchingConfig.model_fields.items()]
+    assert "| `maxBatchSize` | integer | `32` | 1..4096 |" in page
