@@ -44,7 +44,7 @@ TARGET_MS = 150.0
 PHASES: tuple[tuple[str, float, float], ...] = (
     # (name, until second, requests per second). The rush forms batches with room on one
     # replica: on 2 cores a second one shares them with the first and the load generator,
-    # and at 75-90 requests/s the first starved in 2 of 5 runs (see the README).
+    # and at 75-90 requests/s the first starved in 2 of 5 runs (see docs/benchmarks/demo.md).
     ("quiet", 20.0, 4.0),
     ("rush", 90.0, 60.0),
     ("steady", 120.0, 40.0),
