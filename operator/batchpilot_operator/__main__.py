@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The operator's flags, with defaults from ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="batchpilot-operator",
         description="Reconcile BatchedModels into runtime Deployments and tune their batching.",
@@ -37,8 +39,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     parser.add_argument(
         "--liveness",
-        default=os.environ.get("BATCHPILOT_LIVENESS")
-        or f"http://{os.environ.get('BATCHPILOT_HOST') or '0.0.0.0'}:8081/healthz",
+        default=env.get("BATCHPILOT_LIVENESS")
+        or f"http://{env.get('BATCHPILOT_HOST') or '0.0.0.0'}:8081/healthz",
         metavar="URL",
         help="serve kopf's liveness probe here ('' to disable; default: BATCHPILOT_LIVENESS, "
         "else port 8081 on BATCHPILOT_HOST, else on every interface)",
@@ -46,16 +48,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     peering = parser.add_mutually_exclusive_group()
     peering.add_argument(
         "--peering",
-        default=os.environ.get("BATCHPILOT_PEERING") or None,
+        default=env.get("BATCHPILOT_PEERING") or None,
         metavar="NAME",
-        help="coordinate with other operator processes through this kopf peering object",
+        help="coordinate with other operator processes through this kopf peering object "
+        "(default: BATCHPILOT_PEERING, else standalone)",
     )
     peering.add_argument(
         "--standalone", action="store_true", help="run without peering (a single process)"
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags ``argv``, with the scope from ``BATCHPILOT_WATCH_NAMESPACES`` when unset."""
+    args = build_parser().parse_args(argv)
     if not args.namespaces and not args.all_namespaces:
         env = os.environ.get("BATCHPILOT_WATCH_NAMESPACES", "")
         args.namespaces = [ns.strip() for ns in env.split(",") if ns.strip()]

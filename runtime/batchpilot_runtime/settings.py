@@ -88,6 +88,13 @@ def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``) and flags ``argv``."""
+    args = build_parser(env).parse_args(argv)
+    return Settings(**vars(args))
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The runtime's flags, one per :class:`Settings` field, with defaults from ``env``
+    (default ``os.environ``) over the code's. A bad variable exits with a usage error."""
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="batchpilot-runtime",
@@ -101,8 +108,12 @@ def parse_settings(
         "task": "what the model does",
         "name": "served model name (default: the last part of the model URI)",
         "config": "batching config file (ConfigMap contract), watched for changes",
+        "host": "listen address",
+        "port": "listen port",
         "device": "auto (every GPU, else CPU), cpu, cuda or cuda:N",
         "dtype": "auto (float16 on GPU, float32 on CPU), float32, float16 or bfloat16",
+        "trust_remote_code": "let the model repository run its own code",
+        "normalize": "L2-normalise embeddings",
         "threads": "torch intra-op threads (default: one per core)",
         "pipeline_depth": "batches in flight per worker (2 overlaps tokenising and forward)",
         "max_batch_size": "initial maxBatchSize (the config file overrides)",
@@ -113,6 +124,7 @@ def parse_settings(
         "max_inputs": "most inputs in one request; more is 413",
         "max_input_chars": "longest input text; longer is 413",
         "reload_interval": "seconds between checks of the config file",
+        "log_level": "debug, info, warning or error",
     }
     defaults = {f.name: f.default for f in fields(Settings)}
     for f in fields(Settings):
@@ -143,8 +155,7 @@ def parse_settings(
             help=help_text + (f" (default: {default})" if shown else ""),
             choices=TASKS if f.name == "task" else None,
         )
-    args = parser.parse_args(argv)
-    return Settings(**vars(args))
+    return parser
 
 
 def _field_type(name: str) -> Any:
