@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from batchpilot_localcluster.cluster import LocalCluster
@@ -102,6 +103,10 @@ def say(message: str) -> None:
     print(f"demo: {message}", flush=True)
 
 
+def pods_gone(cluster: LocalCluster, selector: str) -> bool:
+    return not cluster.pods(NAMESPACE, selector)
+
+
 def set_up(cluster: LocalCluster, parts: Sequence[DemoPart]) -> None:
     """Cluster up, chart installed, a fresh copy of each part's model ready."""
     say("starting the local cluster (control plane, GPU nodes, local node) ...")
@@ -114,12 +119,9 @@ def set_up(cluster: LocalCluster, parts: Sequence[DemoPart]) -> None:
         if get_model(cluster, NAMESPACE, part.name) is not None:
             say(f"removing the previous demo's {part.name} ...")
             cluster.kubectl("-n", NAMESPACE, "delete", "bm", part.name, "--wait", timeout=180)
+            selector = f"app.kubernetes.io/instance={part.name}"
             wait_for(
-                lambda name=part.name: (
-                    not cluster.pods(  # type: ignore[misc]
-                        NAMESPACE, f"app.kubernetes.io/instance={name}"
-                    )
-                ),
+                partial(pods_gone, cluster, selector),
                 timeout=120,
                 what=f"the previous demo's {part.name} pods to go",
             )
