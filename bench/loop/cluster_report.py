@@ -78,7 +78,9 @@ def report(meta: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
             f"(`emulated://{meta['profile']}`: the real runtime pod, batches are timed waits "
             "from the profile) under the operator installed from the chart; the simulator runs "
             "the same trace shapes, profile and loop settings (its own Poisson draws) with a "
-            f"pod start-up of {meta['startup_s']:.1f} s, the median measured below. Static: "
+            f"pod start-up of {meta['startup_s']:.1f} s, the median measured below, and "
+            f"{meta.get('stop_s', 0.0):.1f} s from a scale-down to the pod gone (the median "
+            "measured: the runtime's drain delay and exit). Static: "
             f"{meta['static_replicas']} replicas sized for the peak, batch 8, no wait.",
             "",
             f"Goal: the simulator within {SHARE_GOAL_POINTS:g} points of the cluster's share "

@@ -106,6 +106,7 @@ class PodTimes:
     scheduled: float | None = None
     running: float | None = None
     ready: float | None = None
+    terminating: float | None = None
     gone: float | None = None
 
 
@@ -125,10 +126,12 @@ def watch(cluster: LocalCluster, name: str, t0: float, stop: threading.Event, in
         seen = set()
         for pod in cluster.pods(NAMESPACE, selector):
             pod_name = pod["metadata"]["name"]
-            if pod["metadata"].get("deletionTimestamp"):
-                continue
             seen.add(pod_name)
             times = into.pods.setdefault(pod_name, PodTimes(pod_name, now))
+            if pod["metadata"].get("deletionTimestamp"):
+                if times.terminating is None:
+                    times.terminating = now
+                continue
             status = pod.get("status") or {}
             times.ip = status.get("podIP") or times.ip
             if times.scheduled is None and pod["spec"].get("nodeName"):
@@ -164,6 +167,8 @@ class Run:
     replicas: list[tuple[float, int]]
     """(time, ready replicas), once a second."""
     chain: list[dict[str, float]] = field(default_factory=list)
+    stops: list[float] = field(default_factory=list)
+    """Seconds from each scale-down's pod deletion to the pod gone."""
 
 
 def cluster_run(cluster: LocalCluster, trace: Trace, policy: str, peak: float) -> Run:
@@ -217,6 +222,11 @@ def cluster_run(cluster: LocalCluster, trace: Trace, policy: str, peak: float) -
         replica_seconds=_replica_seconds(seen, trace.duration_s),
         replicas=[(s.t, s.ready) for s in result.samples],
         chain=_chains(seen, result),
+        stops=[
+            p.gone - p.terminating
+            for p in seen.pods.values()
+            if p.gone is not None and p.terminating is not None
+        ],
     )
 
 
@@ -246,10 +256,14 @@ def _chains(seen: Watch, result: ScenarioResult) -> list[dict[str, float]]:
         if not writes:
             continue
         wrote = writes[-1]
+        # Pod addresses are reused: only what was sent after this pod existed counts.
         served = [
             o.sent_at + o.latency_s
             for o in result.load.outcomes
-            if o.status == 200 and pod.ip and o.endpoint.endswith(f"//{pod.ip}:8080")
+            if o.status == 200
+            and o.sent_at >= pod.created
+            and pod.ip
+            and o.endpoint.endswith(f"//{pod.ip}:8080")
         ]
         chain = {
             "pod_object": pod.created - wrote,
@@ -266,7 +280,15 @@ def _chains(seen: Watch, result: ScenarioResult) -> list[dict[str, float]]:
 # ------------------------------------------------------------------------- the simulator
 
 
-def simulator_run(trace: Trace, policy: str, peak: float, startup_s: float, seed: int) -> Run:
+def stop_seconds(runs: list[Run]) -> float:
+    """The median time from a pod's deletion to its object gone, over the cluster runs."""
+    stops = [s for r in runs for s in r.stops]
+    return statistics.median(stops) if stops else 0.0
+
+
+def simulator_run(
+    trace: Trace, policy: str, peak: float, startup_s: float, stop_s: float, seed: int
+) -> Run:
     profile = load_profile(PROFILE)
     spec = TuningSpec(
         latency_target_ms=TARGET_MS,
@@ -289,7 +311,9 @@ def simulator_run(trace: Trace, policy: str, peak: float, startup_s: float, seed
             chosen,
             simulator_profile(profile, seed),
             target_s=TARGET_MS / 1000,
-            settings=ClusterSettings(startup_s=startup_s, config_delay_s=(0.4, 0.9), seed=seed),
+            settings=ClusterSettings(
+                startup_s=startup_s, config_delay_s=(0.4, 0.9), stop_s=stop_s, seed=seed
+            ),
             seed=seed,
         )
     )
@@ -333,9 +357,10 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(cluster_run(cluster, trace, policy, args.peak))
     starts = [c["ready"] for r in runs for c in r.chain]
     startup_s = statistics.median(starts) if starts else load_profile(PROFILE).load_seconds
+    stop_s = stop_seconds(runs)
     for trace in chosen:
         for policy in ("batchpilot", "static"):
-            runs.append(simulator_run(trace, policy, args.peak, startup_s, args.seed))
+            runs.append(simulator_run(trace, policy, args.peak, startup_s, stop_s, args.seed))
     profile = load_profile(PROFILE)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
@@ -343,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": "2 cores, 24 GiB, no GPU",
         "profile": PROFILE,
         "startup_s": startup_s,
+        "stop_s": stop_s,
         "static_replicas": static_replicas(profile, args.peak),
         "peak": args.peak,
         "duration_s": args.duration,

@@ -293,6 +293,9 @@ class ClusterSettings:
     """Pod creation to ready: scheduling, process start, model load and warm-up."""
     config_delay_s: tuple[float, float] = (2.0, 10.0)
     """A new ConfigMap reaches each replica after a delay drawn uniformly in this range."""
+    stop_s: float = 0.0
+    """Scale-down to the pod gone: a retired replica takes no new requests, finishes its
+    queue, and holds its device at least this long (the runtime's drain delay and exit)."""
     seed: int = 0
 
 
@@ -383,9 +386,11 @@ class Cluster:
 
     def _retire(self, r: Replica) -> None:
         r.draining = True
+        gone_at = self.now + self.settings.stop_s
 
         async def drain() -> None:
             await r.batcher.aclose(drain=True)
+            await asyncio.sleep(max(0.0, gone_at - self.now))
             r.ended = self.now
 
         task = asyncio.get_running_loop().create_task(drain())

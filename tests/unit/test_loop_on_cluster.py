@@ -72,6 +72,7 @@ def test_the_scale_up_chain_runs_from_the_deployment_write() -> None:
             Outcome(19.0, 0.01, 200, "http://127.0.0.2:8080"),
             Outcome(21.0, 0.02, 200, "http://127.0.0.3:8080"),
             Outcome(20.5, 0.01, 429, "http://127.0.0.3:8080"),
+            Outcome(2.0, 0.01, 200, "http://127.0.0.3:8080"),  # an earlier pod, same address
         ]
     )
     (chain,) = _chains(seen, ScenarioResult(load))

@@ -379,6 +379,19 @@ def test_new_replicas_serve_only_after_startup_and_config_arrives_late() -> None
     assert seen["replica_s"] == pytest.approx(3 * 14.1)
 
 
+def test_a_retired_replica_holds_its_device_for_the_stop_time() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        cluster = Cluster(PROFILE, BatchingConfig(), ClusterSettings(stop_s=5.0))
+        cluster.start(2)
+        await asyncio.sleep(10.0)
+        cluster.scale_to(1)  # the idle replica drains at once, then stops 5 s later
+        await asyncio.sleep(20.0)
+        return cluster.replica_seconds(loop.time())
+
+    assert run_virtual(main()) == pytest.approx(30 + 15)
+
+
 class FakeReplica:
     def __init__(self, queue: int) -> None:
         self.batcher = type("B", (), {"queue_depth": queue})()
