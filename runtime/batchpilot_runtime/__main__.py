@@ -100,7 +100,9 @@ def serve(settings: Settings, load: Loader) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=None,
+        # Bounded, so that a stalled client cannot hold the pod past its grace period: what
+        # is still running then is cancelled, and the process exits.
+        timeout_graceful_shutdown=settings.graceful_timeout,
     )
     server = _Server(config)
     server.runtime = app.state.runtime

@@ -45,6 +45,7 @@ PRIORITY_NAMES = {"high": 1, "normal": 0, "low": -1}
 _OUTCOME_OF_STATUS = {
     400: "invalid",
     404: "invalid",
+    408: "cancelled",
     413: "invalid",
     422: "invalid",
     429: "rejected",
@@ -54,19 +55,37 @@ _OUTCOME_OF_STATUS = {
 }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, within: float) -> bytes:
+    """The whole body, within ``limit`` bytes and ``within`` seconds from the start of the read.
+
+    The timeout is for the whole body, not between chunks, so that a client trickling a byte
+    at a time cannot hold a connection open either. A late body is answered 408 and counted
+    ``cancelled``: like a client that leaves mid-upload, it never finished its request.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body: {declared} bytes; at most {limit}", param="body")
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"body: over {limit} bytes", param="body")
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"body: over {limit} bytes", param="body")
     except ClientDisconnect:
         # The client's doing, not the server's: counted as cancelled, like a later leave.
         raise ApiError(CLIENT_CLOSED, "client closed the request", kind="cancelled") from None
+    except TimeoutError:
+        of = f" of {declared}" if declared.isdigit() else ""
+        raise ApiError(
+            408,
+            f"body: {len(body)}{of} bytes arrived in {within:g} s; the whole body must arrive "
+            "within the body timeout",
+            param="body",
+            kind="timeout",
+            # The rest of the body may still come: close rather than parse it as a request.
+            headers={"Connection": "close"},
+        ) from None
     return bytes(body)
 
 
@@ -150,8 +169,24 @@ def create_app(
         start = loop.time()
         try:
             runtime.check_accepting()
-            body = await _read_body(request, settings.max_body_bytes)
+            body = await _read_body(request, settings.max_body_bytes, settings.body_timeout)
             payload = await handle(body, _priority(request))
+        except asyncio.CancelledError:
+            if not runtime.draining:
+                raise
+            # uvicorn cancels what still runs at the graceful timeout: answer it, not cut it.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            runtime.record("rejected", None)
+            return _error(
+                ApiError(
+                    503,
+                    "shutting down: not finished within the graceful timeout",
+                    kind="unavailable",
+                    headers={"Connection": "close"},
+                )
+            )
         except ApiError as exc:
             outcome = _OUTCOME_OF_STATUS.get(exc.status, "error")
             runtime.record(outcome, loop.time() - start if outcome == "timeout" else None)

@@ -188,6 +188,10 @@ class Runtime:
         disconnected = asyncio.ensure_future(_client_gone(request.receive))
         try:
             await asyncio.wait((gathered, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            for future in futures:  # its items leave the queue rather than run for no one
+                future.cancel()
+            raise
         finally:
             disconnected.cancel()
         if not gathered.done():

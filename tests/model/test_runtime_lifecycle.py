@@ -1,0 +1,81 @@
+"""The runtime process around its lifecycle: stalled uploads and SIGTERM, over real sockets.
+
+These run the real console script on the emulated accelerator (no torch, a 6 s load), so they
+exercise uvicorn and the signal handling as a pod does.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from runtime_server import Server, run_server
+
+EMULATED = ("--model", "emulated://minilm-l6-datacenter-gpu", "--name", "minilm")
+EXIT_TIMEOUT = 60.0
+"""Only a bound on the test: a runtime that needs this long has not exited at all."""
+
+
+def port_of(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+@contextmanager
+def stalled_upload(server: Server, path: str = "/v1/embeddings") -> Iterator[socket.socket]:
+    """A connection whose request body stops after its first bytes, once the app reads it.
+
+    ``Expect: 100-continue`` makes the server answer ``100 Continue`` when the app starts
+    reading the body, so the upload is known to be in the app's hands before it stalls.
+    """
+    body = json.dumps({"input": ["one", "two"]}).encode()
+    sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=EXIT_TIMEOUT)
+    try:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: runtime\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 100 ")
+        sock.sendall(body[:10])
+        yield sock
+    finally:
+        sock.close()
+
+
+def read_until(sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while end not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    return read_until(sock, b"\x00never\x00")
+
+
+def test_a_stalled_upload_is_answered_408_and_the_connection_closed(tmp_path: Path) -> None:
+    with run_server(tmp_path, *EMULATED, env={"BATCHPILOT_BODY_TIMEOUT": "0.5"}) as server:
+        with stalled_upload(server) as sock:
+            answer = read_to_close(sock)  # returns only once the server closes the connection
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["error"]["param"] == "body"
+        assert server.metrics()['batchpilot_requests_total{outcome="cancelled"}'] == 1
+
+
+def test_sigterm_exits_within_the_graceful_bound_despite_a_stalled_upload(tmp_path: Path) -> None:
+    # A body timeout far longer than the test: only the graceful bound can end the upload.
+    env = {"BATCHPILOT_BODY_TIMEOUT": "3600", "BATCHPILOT_GRACEFUL_TIMEOUT": "1"}
+    with run_server(tmp_path, *EMULATED, env=env) as server, stalled_upload(server) as sock:
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=EXIT_TIMEOUT) == 0
+        # Cut by the bound, the upload is still answered, and nothing went wrong in the app.
+        assert read_to_close(sock).startswith(b"HTTP/1.1 503 ")
+    assert "Exception in ASGI application" not in server.log.read_text()
