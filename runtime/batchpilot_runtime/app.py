@@ -2,9 +2,10 @@
 ``/stats`` and ``/metrics``, over one batcher per model worker.
 
 The app starts answering health checks at once; the model loads and warms up in the
-background, and only then does ``/v2/health/ready`` turn 200 and inference open. On shutdown
-(SIGTERM) readiness turns false, new inference is refused with 503, and everything already
-accepted is finished.
+background, and only then does ``/v2/health/ready`` turn 200 and inference open. On SIGTERM
+readiness turns false while requests are still served for the drain delay; then the server
+stops accepting, finishes what it accepted (bounded by the graceful timeout), and inference
+that still reaches the app is refused with 503 (:mod:`batchpilot_runtime.lifecycle`).
 """
 
 from __future__ import annotations
@@ -287,12 +288,12 @@ def create_app(
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        return _json({"ready": runtime.accepting}, 200 if runtime.accepting else 503)
+        return _json({"ready": runtime.routable}, 200 if runtime.routable else 503)
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str) -> Response:
         runtime.check_model(name)
-        return _json({"name": name, "ready": runtime.accepting}, 200 if runtime.accepting else 503)
+        return _json({"name": name, "ready": runtime.routable}, 200 if runtime.routable else 503)
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str) -> Response:

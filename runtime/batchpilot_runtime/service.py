@@ -56,7 +56,11 @@ class Runtime:
         self.models: list[ServedModel] = []
         self.batchers: list[Batcher] = []
         self.ready = False
+        # SIGTERM came: readiness is false so that endpoints drop the pod, and requests are still
+        # served (the drain delay, then uvicorn finishing what it accepted).
         self.draining = False
+        # The app is shutting down (lifespan end): inference that still arrives gets 503.
+        self.stopping = False
         self.load_error: str | None = None
         self._load_task: asyncio.Task[None] | None = None
 
@@ -73,7 +77,8 @@ class Runtime:
         return self.models[0].info
 
     @property
-    def accepting(self) -> bool:
+    def routable(self) -> bool:
+        """Whether a Service should send traffic here (``/v2/health/ready``)."""
         return self.ready and not self.draining
 
     def _apply_config(self, config: BatchingConfig) -> None:
@@ -125,6 +130,7 @@ class Runtime:
     async def stop(self) -> None:
         """Refuse new work, finish what was accepted, release the models."""
         self.draining = True
+        self.stopping = True
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,7 +143,7 @@ class Runtime:
     # -- inference ---------------------------------------------------------------------------
 
     def check_accepting(self) -> None:
-        if self.draining:
+        if self.stopping:
             raise ApiError(503, "shutting down", kind="unavailable")
         if not self.ready:
             raise ApiError(503, "model is loading", kind="unavailable")
@@ -222,6 +228,7 @@ class Runtime:
             "emulated": self.models[0].info.emulated if self.models else None,
             "ready": self.ready,
             "draining": self.draining,
+            "stopping": self.stopping,
             "load_error": self.load_error,
             "queue_depth": self.queue_depth(),
             "in_flight_batches": sum(b.in_flight for b in self.batchers),

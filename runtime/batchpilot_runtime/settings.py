@@ -17,7 +17,11 @@ from typing import Any
 
 from batchpilot_runtime.backends import TASKS, Task
 from batchpilot_runtime.config import DEFAULT_CONFIG_PATH, BatchingConfig
-from batchpilot_runtime.lifecycle import BODY_TIMEOUT_SECONDS, GRACEFUL_TIMEOUT_SECONDS
+from batchpilot_runtime.lifecycle import (
+    BODY_TIMEOUT_SECONDS,
+    DRAIN_DELAY_SECONDS,
+    GRACEFUL_TIMEOUT_SECONDS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class Settings:
     max_inputs: int = 2048
     max_input_chars: int = 100_000
     body_timeout: float = BODY_TIMEOUT_SECONDS
+    drain_delay: float = DRAIN_DELAY_SECONDS
     graceful_timeout: int = GRACEFUL_TIMEOUT_SECONDS
     reload_interval: float = 0.5
     log_level: str = "info"
@@ -95,6 +100,8 @@ def parse_settings(
     args = parser.parse_args(argv)
     if args.body_timeout <= 0:
         parser.error(f"--body-timeout: {args.body_timeout}; must be > 0")
+    if args.drain_delay < 0:
+        parser.error(f"--drain-delay: {args.drain_delay}; must be >= 0")
     if args.graceful_timeout < 0:
         parser.error(f"--graceful-timeout: {args.graceful_timeout}; must be >= 0")
     return Settings(**vars(args))
@@ -134,7 +141,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "reload_interval": "seconds between checks of the config file",
         "log_level": "debug, info, warning or error",
         "body_timeout": "seconds a request body may take to arrive; slower is 408",
-        "graceful_timeout": "seconds accepted requests get to finish after SIGTERM; what is "
+        "drain_delay": "seconds to keep serving after SIGTERM, unready, while endpoints drop "
+        "the pod (skipped if the model never got ready)",
+        "graceful_timeout": "then, seconds accepted requests get to finish after SIGTERM; what is "
         "left then is cancelled",
     }
     defaults = {f.name: f.default for f in fields(Settings)}
@@ -184,6 +193,7 @@ def _field_type(name: str) -> Any:
         "request_timeout_ms": float,
         "reload_interval": float,
         "body_timeout": float,
+        "drain_delay": float,
         "graceful_timeout": int,
         "trust_remote_code": bool,
         "normalize": bool,

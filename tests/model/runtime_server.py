@@ -68,6 +68,7 @@ def run_server(
         "BATCHPILOT_CONFIG": str(config_path),
         "BATCHPILOT_RELOAD_INTERVAL": "0.2",
         "HF_HUB_OFFLINE": "1",
+        "BATCHPILOT_DRAIN_DELAY": "0",  # no endpoints to wait for
         **(env or {}),
     }
     script = Path(sys.executable).with_name("batchpilot-runtime")

@@ -1,4 +1,5 @@
-"""The runtime process around its lifecycle: stalled uploads and SIGTERM, over real sockets.
+"""The runtime process around its lifecycle: stalled uploads, SIGTERM and the drain, over real
+sockets.
 
 These run the real console script on the emulated accelerator (no torch, a 6 s load), so they
 exercise uvicorn and the signal handling as a pod does.
@@ -9,10 +10,12 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from runtime_server import Server, run_server
 
 EMULATED = ("--model", "emulated://minilm-l6-datacenter-gpu", "--name", "minilm")
@@ -79,3 +82,24 @@ def test_sigterm_exits_within_the_graceful_bound_despite_a_stalled_upload(tmp_pa
         # Cut by the bound, the upload is still answered, and nothing went wrong in the app.
         assert read_to_close(sock).startswith(b"HTTP/1.1 503 ")
     assert "Exception in ASGI application" not in server.log.read_text()
+
+
+def test_after_sigterm_the_runtime_turns_unready_and_still_serves_for_the_drain_delay(
+    tmp_path: Path,
+) -> None:
+    # A drain delay longer than the test; a second SIGTERM ends it.
+    with run_server(tmp_path, *EMULATED, env={"BATCHPILOT_DRAIN_DELAY": "3600"}) as server:
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while httpx.get(server.url + "/v2/health/ready").status_code == 200:
+            assert time.monotonic() < deadline, "readiness never turned false"
+            time.sleep(0.05)
+        # A second on, well past uvicorn's 0.1 s tick that would have acted on a plain exit,
+        # new connections are still accepted and requests answered as usual.
+        time.sleep(1.0)
+        with httpx.Client(base_url=server.url) as client:
+            response = client.post("/v1/embeddings", json={"input": ["still served"]})
+        assert response.status_code == 200, response.text
+        assert httpx.get(server.url + "/stats").json()["draining"] is True
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=EXIT_TIMEOUT) == 0

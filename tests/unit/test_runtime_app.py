@@ -178,8 +178,11 @@ async def test_not_ready_until_loaded_then_ready(tmp_path: Path) -> None:
         await until_ready(runtime)
         assert (await client.get("/v2/health/ready")).json() == {"ready": True}
         assert (await client.get("/v2/models/fake/ready")).status_code == 200
-        runtime.draining = True
+        runtime.draining = True  # SIGTERM: endpoints drop the pod, but it still serves
         assert (await client.get("/v2/health/ready")).status_code == 503
+        assert (await client.get("/v2/models/fake/ready")).status_code == 503
+        assert (await client.post("/v1/embeddings", json={"input": "x"})).status_code == 200
+        runtime.stopping = True  # the app is shutting down
         assert (await client.post("/v1/embeddings", json={"input": "x"})).status_code == 503
 
 
