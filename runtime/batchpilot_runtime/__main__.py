@@ -135,13 +135,30 @@ def serve(settings: Settings, load: Loader) -> int:
         # is still running then is cancelled, and the process exits.
         timeout_graceful_shutdown=settings.graceful_timeout,
     )
+    runtime: Runtime = app.state.runtime
     server = _Server(config)
-    server.runtime = app.state.runtime
+    server.runtime = runtime
     server.drain_delay = settings.drain_delay
-    server.run()
-    if failures:
-        return 1
-    return 0
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises a SIGINT once it has shut down
+        if not runtime.load_running():
+            raise
+        code = 130
+    else:
+        code = 1 if failures else 0
+    if runtime.load_running():
+        # A signal came while the model was loading. The server has shut down cleanly and
+        # never accepted inference (it was not ready); only the load thread is left, and it
+        # cannot be interrupted. Exiting the interpreter normally would finalise it under
+        # that thread, in the middle of torch or file I/O, which can crash at exit; so the
+        # logs are flushed and the process ends here, without waiting for the load.
+        log.info("exiting during the model load, without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

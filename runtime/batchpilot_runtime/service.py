@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -63,6 +64,7 @@ class Runtime:
         self.stopping = False
         self.load_error: str | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self._load_thread: threading.Thread | None = None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -94,7 +96,7 @@ class Runtime:
 
     async def _load(self) -> None:
         try:
-            self.models = list(await asyncio.to_thread(self.loader))
+            self.models = await self._run_loader()
             if not self.models:
                 raise RuntimeError("the loader returned no model")
             for model in self.models:
@@ -126,6 +128,43 @@ class Runtime:
             log.exception("loading the model failed")
             if self.on_fatal is not None:
                 self.on_fatal(exc)
+
+    async def _run_loader(self) -> list[ServedModel]:
+        """Run the loader in a daemon thread of its own, never the loop's default executor.
+
+        A load cannot be interrupted (it is file I/O and torch code), and both the executor's
+        shutdown at the end of ``asyncio.run`` and the interpreter's exit join executor
+        threads, so SIGTERM during a load would wait for all of it. A daemon thread is joined
+        by nothing; the process then exits without it (see :meth:`load_running`).
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[ServedModel]] = loop.create_future()
+
+        def settle(models: list[ServedModel] | None, error: BaseException | None) -> None:
+            if done.done():  # cancelled: nobody waits for this load any more
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(models or [])
+
+        def run() -> None:
+            models: list[ServedModel] | None = None
+            error: BaseException | None = None
+            try:
+                models = list(self.loader())
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+                loop.call_soon_threadsafe(settle, models, error)
+
+        self._load_thread = threading.Thread(target=run, name="model-load", daemon=True)
+        self._load_thread.start()
+        return await done
+
+    def load_running(self) -> bool:
+        """Whether the loader thread still runs (after :meth:`stop`: an abandoned load)."""
+        return self._load_thread is not None and self._load_thread.is_alive()
 
     async def stop(self) -> None:
         """Refuse new work, finish what was accepted, release the models."""

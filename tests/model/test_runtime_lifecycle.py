@@ -1,8 +1,8 @@
-"""The runtime process around its lifecycle: stalled uploads, SIGTERM and the drain, over real
-sockets.
+"""The runtime process around its lifecycle: stalled uploads, SIGTERM, the drain, and SIGTERM
+during the model load, over real sockets.
 
-These run the real console script on the emulated accelerator (no torch, a 6 s load), so they
-exercise uvicorn and the signal handling as a pod does.
+These run the real console script, mostly on the emulated accelerator (no torch, a 6 s load),
+so they exercise uvicorn and the signal handling as a pod does.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from runtime_server import Server, run_server
+from runtime_server import Server, free_port, run_server
 
 EMULATED = ("--model", "emulated://minilm-l6-datacenter-gpu", "--name", "minilm")
 EXIT_TIMEOUT = 60.0
@@ -103,3 +105,49 @@ def test_after_sigterm_the_runtime_turns_unready_and_still_serves_for_the_drain_
         assert httpx.get(server.url + "/stats").json()["draining"] is True
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=EXIT_TIMEOUT) == 0
+
+
+STUCK_LOAD = """
+import sys, threading
+from batchpilot_runtime.__main__ import serve
+from batchpilot_runtime.settings import parse_settings
+
+def load():
+    threading.Event().wait()  # a load that never ends, as from storage that hangs
+
+sys.exit(serve(parse_settings(sys.argv[1:]), load))
+"""
+
+
+def test_sigterm_during_the_model_load_exits_without_waiting_for_it(tmp_path: Path) -> None:
+    # The runtime's own serve() with a loader that never returns: only an exit that does not
+    # wait for the load thread ends at all.
+    port = free_port()
+    log = tmp_path / "runtime.log"
+    args = ["--model", "/models/stuck", "--config", str(tmp_path / "batching.json")]
+    args += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", STUCK_LOAD, *args], stdout=out, stderr=out
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while not live(url):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert httpx.get(url + "/v2/health/ready").status_code == 503  # still loading
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=EXIT_TIMEOUT) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def live(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v2/health/live", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
