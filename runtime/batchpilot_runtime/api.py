@@ -45,6 +45,21 @@ class ApiError(Exception):
         }
 
 
+class ErrorDetail(BaseModel):
+    """What went wrong; ``param`` names the field or header at fault, when one is."""
+
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (OpenAI's shape); described in ``/openapi.json``."""
+
+    error: ErrorDetail
+
+
 class _Body(BaseModel):
     # Strict: JSON true is not a dimension, nor "1" a top_k.
     model_config = ConfigDict(extra="ignore", strict=True)

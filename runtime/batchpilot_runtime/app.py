@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from batchpilot_runtime import api
+from batchpilot_runtime import api, openapi
 from batchpilot_runtime.api import ApiError
 from batchpilot_runtime.backends import (
     CLASSIFICATION_KIND,
@@ -137,7 +137,16 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="batchpilot runtime", lifespan=lifespan)
+    # The interactive docs load their scripts from a CDN: served only when asked for.
+    docs = settings.docs
+    app = FastAPI(
+        title="batchpilot runtime",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+    openapi.install(app, [api.EmbeddingRequest, api.ClassifyRequest, api.InferRequest])
     app.state.runtime = runtime
 
     @app.exception_handler(ApiError)
@@ -200,7 +209,11 @@ def create_app(
         runtime.record("ok", loop.time() - start)
         return response
 
-    @app.post("/v1/embeddings")
+    @app.post(
+        "/v1/embeddings",
+        openapi_extra=openapi.request_body(api.EmbeddingRequest),
+        responses=openapi.errors(*openapi.INFERENCE_ERRORS),
+    )
     async def embeddings(request: Request) -> Response:
         async def handle(body: bytes, priority: int) -> dict[str, Any]:
             req = api.parse(api.EmbeddingRequest, body)
@@ -228,7 +241,11 @@ def create_app(
 
         return await inference(request, handle)
 
-    @app.post("/v1/classify")
+    @app.post(
+        "/v1/classify",
+        openapi_extra=openapi.request_body(api.ClassifyRequest),
+        responses=openapi.errors(*openapi.INFERENCE_ERRORS),
+    )
     async def classify(request: Request) -> Response:
         async def handle(body: bytes, priority: int) -> dict[str, Any]:
             req = api.parse(api.ClassifyRequest, body)
@@ -246,7 +263,11 @@ def create_app(
 
         return await inference(request, handle)
 
-    @app.post("/v2/models/{name}/infer")
+    @app.post(
+        "/v2/models/{name}/infer",
+        openapi_extra=openapi.request_body(api.InferRequest),
+        responses=openapi.errors(*openapi.INFERENCE_ERRORS),
+    )
     async def infer(name: str, request: Request) -> Response:
         async def handle(body: bytes, priority: int) -> dict[str, Any]:
             runtime.check_model(name)
@@ -273,7 +294,7 @@ def create_app(
     async def list_models() -> Response:
         return _json({"object": "list", "data": [_openai_model(runtime.name)]})
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", responses=openapi.errors(404, 422))
     async def get_model(name: str) -> Response:
         runtime.check_model(name)
         return _json(_openai_model(name))
@@ -290,12 +311,12 @@ def create_app(
     async def ready() -> Response:
         return _json({"ready": runtime.routable}, 200 if runtime.routable else 503)
 
-    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/ready", responses=openapi.errors(404, 422))
     async def model_ready(name: str) -> Response:
         runtime.check_model(name)
         return _json({"name": name, "ready": runtime.routable}, 200 if runtime.routable else 503)
 
-    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}", responses=openapi.errors(404, 422, 503))
     async def model_metadata(name: str) -> Response:
         runtime.check_model(name)
         if not runtime.models:

@@ -58,6 +58,7 @@ class Settings:
     graceful_timeout: int = GRACEFUL_TIMEOUT_SECONDS
     reload_interval: float = 0.5
     log_level: str = "info"
+    docs: bool = False
 
     @property
     def served_name(self) -> str:
@@ -140,6 +141,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "max_input_chars": "longest input text; longer is 413",
         "reload_interval": "seconds between checks of the config file",
         "log_level": "debug, info, warning or error",
+        "docs": "serve the interactive API docs at /docs and /redoc (they load scripts from a "
+        "CDN; /openapi.json is always served)",
         "body_timeout": "seconds a request body may take to arrive; slower is 408",
         "drain_delay": "seconds to keep serving after SIGTERM, unready, while endpoints drop "
         "the pod (skipped if the model never got ready)",
@@ -197,6 +200,7 @@ def _field_type(name: str) -> Any:
         "graceful_timeout": int,
         "trust_remote_code": bool,
         "normalize": bool,
+        "docs": bool,
     }
     return types.get(name, str)
 
