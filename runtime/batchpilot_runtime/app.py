@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from batchpilot_runtime import api, openapi
+from batchpilot_runtime import api, oip_binary, openapi
 from batchpilot_runtime.api import ApiError
 from batchpilot_runtime.backends import (
     CLASSIFICATION_KIND,
@@ -172,7 +172,7 @@ def create_app(
         return _error(ApiError(422, f"{where}: {first['msg']}", param=where))
 
     async def inference(
-        request: Request, handle: Callable[[bytes, int], Awaitable[dict[str, Any]]]
+        request: Request, handle: Callable[[bytes, int], Awaitable[dict[str, Any] | Response]]
     ) -> Response:
         """Run one inference request: limits, parsing, outcome and latency accounting."""
         loop = asyncio.get_running_loop()
@@ -205,7 +205,7 @@ def create_app(
             log.exception("inference failed")
             runtime.record("error", None)
             return _error(ApiError(500, f"internal error: {exc}", kind="server_error"))
-        response = _json(payload)
+        response = payload if isinstance(payload, Response) else _json(payload)
         runtime.record("ok", loop.time() - start)
         return response
 
@@ -265,13 +265,23 @@ def create_app(
 
     @app.post(
         "/v2/models/{name}/infer",
-        openapi_extra=openapi.request_body(api.InferRequest),
+        openapi_extra=openapi.request_body(
+            api.InferRequest,
+            # The binary tensor data extension: the JSON, then raw tensors (oip_binary).
+            extra_content={
+                oip_binary.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}
+            },
+        ),
         responses=openapi.errors(*openapi.INFERENCE_ERRORS),
     )
     async def infer(name: str, request: Request) -> Response:
-        async def handle(body: bytes, priority: int) -> dict[str, Any]:
+        async def handle(body: bytes, priority: int) -> Response:
             runtime.check_model(name)
-            req = api.parse(api.InferRequest, body)
+            header, binary = oip_binary.split_body(body, request.headers.get(oip_binary.HEADER))
+            req = api.parse(api.InferRequest, header)
+            oip_binary.attach_inputs(req, binary)
+            metadata = api.model_metadata(name, runtime.info)
+            oip_binary.select_outputs(req, [o["name"] for o in metadata["outputs"]])
             texts = api.infer_texts(req)
             runtime.check_texts(texts, "inputs[0].data")
             kind: Hashable = CLASSIFICATION_KIND
@@ -284,9 +294,11 @@ def create_app(
                     )
                 kind = embedding_kind(normalize)
             outputs = await runtime.infer(request, kind, texts, priority)
-            return api.infer_response(
+            answer = api.infer_response(
                 outputs, model=runtime.name, info=runtime.info, request_id=req.id
             )
+            content, headers, media_type = oip_binary.render(req, answer)
+            return Response(content, media_type=media_type, headers=headers)
 
         return await inference(request, handle)
 
@@ -301,7 +313,9 @@ def create_app(
 
     @app.get("/v2")
     async def server_metadata() -> Response:
-        return _json({"name": "batchpilot", "version": "0.1.0", "extensions": []})
+        return _json(
+            {"name": "batchpilot", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        )
 
     @app.get("/v2/health/live")
     async def live() -> Response:
