@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.settings import OperatorSettings
+from batchpilot_runtime import lifecycle
 from batchpilot_runtime.config import CONFIGMAP_KEY, DEFAULT_CONFIG_PATH, BatchingConfig
 
 PORT = 8080
@@ -33,7 +35,14 @@ PVC_ROOT = "/mnt/pvc"
 """Where pvc:// claims are mounted, read-only: the runtime resolves ``pvc://claim/path`` to
 ``$BATCHPILOT_PVC_ROOT/claim/path``."""
 RUN_AS_ID = 10001
-TERMINATION_GRACE_SECONDS = 60
+TERMINATION_GRACE_SECONDS = math.ceil(
+    lifecycle.DRAIN_DELAY_SECONDS
+    + lifecycle.GRACEFUL_TIMEOUT_SECONDS
+    + lifecycle.SHUTDOWN_MARGIN_SECONDS
+)
+"""Covers the runtime's own shutdown at its defaults: the drain delay (serving on, unready,
+while endpoints drop the pod; the runtime's rather than a preStop hook, which would need a
+shell or ``sleep`` in the image), then the graceful bound, then releasing the models."""
 PROGRESS_DEADLINE_SECONDS = 900
 
 APP_NAME = "batchpilot-runtime"

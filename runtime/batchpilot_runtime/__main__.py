@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -21,17 +22,47 @@ log = logging.getLogger("batchpilot_runtime")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, with readiness turned false the moment SIGTERM or SIGINT arrives."""
+    """uvicorn, draining the Kubernetes way on SIGTERM or SIGINT.
+
+    Readiness turns false at once, and the server keeps serving, new connections too, for
+    ``drain_delay`` seconds while the endpoints drop the pod; only then does uvicorn stop
+    accepting and finish what it accepted (bounded by ``timeout_graceful_shutdown``). A second
+    signal ends the delay at once; a further SIGINT forces the exit, as in plain uvicorn.
+    """
 
     runtime: Runtime | None = None
+    drain_delay = 0.0
+    _drain_until: float | None = None
+    _drain_logged = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.runtime is not None:
-            self.runtime.draining = True
-        super().handle_exit(sig, frame)
+        runtime = self.runtime
+        first = self._drain_until is None and not self.should_exit
+        # A model that never got ready was never in the endpoints: nothing to wait for.
+        delay = self.drain_delay if runtime is not None and runtime.ready else 0.0
+        if runtime is not None:
+            runtime.draining = True
+        if first and delay > 0:
+            # Only flags here (this runs in a signal handler); the main loop's tick acts on them.
+            self._drain_until = time.monotonic() + delay
+            self._captured_signals.append(sig)
+        else:
+            super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:
             # A drained SIGTERM is a clean exit (0); uvicorn would re-raise it after shutdown.
-            self._captured_signals.remove(sig)
+            while sig in self._captured_signals:
+                self._captured_signals.remove(sig)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and not self._drain_logged:
+            self._drain_logged = True
+            log.info(
+                "shutting down: unready; serving on for %g s while endpoints update",
+                self.drain_delay,
+            )
+        if self._drain_until is not None and time.monotonic() >= self._drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,14 +131,34 @@ def serve(settings: Settings, load: Loader) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=None,
+        # Bounded, so that a stalled client cannot hold the pod past its grace period: what
+        # is still running then is cancelled, and the process exits.
+        timeout_graceful_shutdown=settings.graceful_timeout,
     )
+    runtime: Runtime = app.state.runtime
     server = _Server(config)
-    server.runtime = app.state.runtime
-    server.run()
-    if failures:
-        return 1
-    return 0
+    server.runtime = runtime
+    server.drain_delay = settings.drain_delay
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises a SIGINT once it has shut down
+        if not runtime.load_running():
+            raise
+        code = 130
+    else:
+        code = 1 if failures else 0
+    if runtime.load_running():
+        # A signal came while the model was loading. The server has shut down cleanly and
+        # never accepted inference (it was not ready); only the load thread is left, and it
+        # cannot be interrupted. Exiting the interpreter normally would finalise it under
+        # that thread, in the middle of torch or file I/O, which can crash at exit; so the
+        # logs are flushed and the process ends here, without waiting for the load.
+        log.info("exiting during the model load, without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -45,6 +45,21 @@ class ApiError(Exception):
         }
 
 
+class ErrorDetail(BaseModel):
+    """What went wrong; ``param`` names the field or header at fault, when one is."""
+
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (OpenAI's shape); described in ``/openapi.json``."""
+
+    error: ErrorDetail
+
+
 class _Body(BaseModel):
     # Strict: JSON true is not a dimension, nor "1" a top_k.
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -71,13 +86,20 @@ class InferInput(_Body):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    # Absent when the tensor comes as raw bytes after the JSON (parameters.binary_data_size).
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(_Body):
+    name: str
     parameters: dict[str, Any] | None = None
 
 
 class InferRequest(_Body):
     id: str | None = None
     inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
     parameters: dict[str, Any] | None = None
 
 
@@ -120,7 +142,7 @@ def infer_texts(req: InferRequest) -> list[str]:
             f"inputs[0].datatype: expected BYTES, got {tensor.datatype}",
             param="inputs.0.datatype",
         )
-    flat = _flatten(tensor.data)
+    flat = _flatten(tensor.data or [])
     if not all(isinstance(t, str) for t in flat):
         raise ApiError(422, "inputs[0].data: every element must be a string", param="inputs.0.data")
     if any(dim < 0 for dim in tensor.shape):

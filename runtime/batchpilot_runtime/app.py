@@ -2,9 +2,10 @@
 ``/stats`` and ``/metrics``, over one batcher per model worker.
 
 The app starts answering health checks at once; the model loads and warms up in the
-background, and only then does ``/v2/health/ready`` turn 200 and inference open. On shutdown
-(SIGTERM) readiness turns false, new inference is refused with 503, and everything already
-accepted is finished.
+background, and only then does ``/v2/health/ready`` turn 200 and inference open. On SIGTERM
+readiness turns false while requests are still served for the drain delay; then the server
+stops accepting, finishes what it accepted (bounded by the graceful timeout), and inference
+that still reaches the app is refused with 503 (:mod:`batchpilot_runtime.lifecycle`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,34 +23,30 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive
 
-from batchpilot_runtime import api
+from batchpilot_runtime import api, oip_binary, openapi
 from batchpilot_runtime.api import ApiError
 from batchpilot_runtime.backends import (
     CLASSIFICATION_KIND,
     ClassificationOutput,
     EmbeddingOutput,
-    ModelInfo,
-    ServedModel,
     embedding_kind,
 )
-from batchpilot_runtime.batcher import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
-from batchpilot_runtime.config import BatchingConfig
-from batchpilot_runtime.reload import ConfigWatcher
+from batchpilot_runtime.service import CLIENT_CLOSED, Loader, Runtime
 from batchpilot_runtime.settings import Settings
-from batchpilot_runtime.telemetry import OUTCOMES, Telemetry
+
+__all__ = ["CLIENT_CLOSED", "Loader", "Runtime", "create_app"]
 
 log = logging.getLogger(__name__)
 
 PRIORITY_HEADER = "x-batchpilot-priority"
 """Optional request header: ``high``, ``normal``, ``low`` or an integer (higher goes first)."""
 PRIORITY_NAMES = {"high": 1, "normal": 0, "low": -1}
-CLIENT_CLOSED = 499
 
 _OUTCOME_OF_STATUS = {
     400: "invalid",
     404: "invalid",
+    408: "cancelled",
     413: "invalid",
     422: "invalid",
     429: "rejected",
@@ -58,251 +55,38 @@ _OUTCOME_OF_STATUS = {
     CLIENT_CLOSED: "cancelled",
 }
 
-Loader = Callable[[], Sequence[ServedModel]]
 
+async def _read_body(request: Request, limit: int, within: float) -> bytes:
+    """The whole body, within ``limit`` bytes and ``within`` seconds from the start of the read.
 
-class Runtime:
-    """Everything the app holds: models, their batchers, the config in force, telemetry."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        loader: Loader,
-        *,
-        on_fatal: Callable[[BaseException], None] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.name = settings.served_name
-        self.loader = loader
-        self.on_fatal = on_fatal
-        self.watcher = ConfigWatcher(
-            settings.config,
-            settings.base_config(),
-            on_change=self._apply_config,
-            interval=settings.reload_interval,
-        )
-        self.telemetry = Telemetry(queue_depth=self.queue_depth, config=self.config)
-        self.requests = dict.fromkeys(OUTCOMES, 0)
-        self.models: list[ServedModel] = []
-        self.batchers: list[Batcher] = []
-        self.ready = False
-        self.draining = False
-        self.load_error: str | None = None
-        self._load_task: asyncio.Task[None] | None = None
-
-    # -- state -------------------------------------------------------------------------------
-
-    def config(self) -> BatchingConfig:
-        return self.watcher.config
-
-    def queue_depth(self) -> int:
-        return sum(b.queue_depth for b in self.batchers)
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.models[0].info
-
-    @property
-    def accepting(self) -> bool:
-        return self.ready and not self.draining
-
-    def _apply_config(self, config: BatchingConfig) -> None:
-        for batcher in self.batchers:
-            batcher.set_config(config)
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self.watcher.check()
-        self.watcher.start()
-        self._load_task = asyncio.get_running_loop().create_task(self._load())
-
-    async def _load(self) -> None:
-        try:
-            self.models = list(await asyncio.to_thread(self.loader))
-            if not self.models:
-                raise RuntimeError("the loader returned no model")
-            for model in self.models:
-                await model.warm_up()
-            self.batchers = [
-                Batcher(
-                    model,
-                    self.config(),
-                    max_batch_cap=model.max_batch_cap,
-                    pipeline_depth=self.settings.pipeline_depth,
-                    observer=self.telemetry,
-                )
-                for model in self.models
-            ]
-            for batcher in self.batchers:
-                batcher.start()
-            for model in self.models:
-                self.telemetry.device_loaded(model.info.device, emulated=bool(model.info.emulated))
-            self.ready = True
-            info = self.info
-            log.info(
-                "serving %s (%s) on %s; ready",
-                self.name,
-                info.task,
-                ", ".join(m.info.device for m in self.models),
-            )
-        except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("loading the model failed")
-            if self.on_fatal is not None:
-                self.on_fatal(exc)
-
-    async def stop(self) -> None:
-        """Refuse new work, finish what was accepted, release the models."""
-        self.draining = True
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._load_task
-        await asyncio.gather(*(b.aclose() for b in self.batchers))
-        for model in self.models:
-            await asyncio.to_thread(model.close)
-        await self.watcher.aclose()
-
-    # -- inference ---------------------------------------------------------------------------
-
-    def check_accepting(self) -> None:
-        if self.draining:
-            raise ApiError(503, "shutting down", kind="unavailable")
-        if not self.ready:
-            raise ApiError(503, "model is loading", kind="unavailable")
-
-    def check_model(self, requested: str | None) -> None:
-        if requested is not None and requested != self.name:
-            raise ApiError(
-                404,
-                f"model: {requested!r} is not served here; this server serves {self.name!r}",
-                param="model",
-                kind="not_found",
-            )
-
-    def check_texts(self, texts: list[str], field: str) -> None:
-        s = self.settings
-        limit = min(s.max_inputs, self.config().max_queue)
-        if len(texts) > limit:
-            raise ApiError(
-                413, f"{field}: {len(texts)} texts; at most {limit} per request", param=field
-            )
-        for i, text in enumerate(texts):
-            if len(text) > s.max_input_chars:
-                raise ApiError(
-                    413,
-                    f"{field}[{i}]: {len(text)} characters; at most {s.max_input_chars}",
-                    param=field,
-                )
-
-    async def infer(
-        self, request: Request, kind: Hashable, texts: list[str], priority: int
-    ) -> list[Any]:
-        """Queue every text on the least loaded worker and wait for all the outputs."""
-        batcher = min(self.batchers, key=lambda b: b.load)
-        try:
-            futures = batcher.submit_many(
-                kind, texts, lengths=[len(t) for t in texts], priority=priority
-            )
-        except QueueFull as exc:
-            raise ApiError(
-                429,
-                "queue full; retry later",
-                kind="rate_limit",
-                headers={"Retry-After": str(int(exc.retry_after))},
-            ) from None
-        except BatcherClosed:
-            raise ApiError(503, "shutting down", kind="unavailable") from None
-        gathered = asyncio.gather(*futures, return_exceptions=True)
-        disconnected = asyncio.ensure_future(_client_gone(request.receive))
-        try:
-            await asyncio.wait((gathered, disconnected), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            disconnected.cancel()
-        if not gathered.done():
-            for future in futures:
-                future.cancel()
-            raise ApiError(CLIENT_CLOSED, "client closed the request", kind="cancelled")
-        results = gathered.result()
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            if any(isinstance(e, DeadlineExceeded) for e in errors):
-                raise ApiError(504, "request timed out in the queue", kind="timeout")
-            if any(isinstance(e, BatcherClosed) for e in errors):
-                raise ApiError(503, "shutting down", kind="unavailable")
-            raise ApiError(500, f"model failed: {errors[0]}", kind="server_error")
-        return list(results)
-
-    def stats(self) -> dict[str, Any]:
-        cfg = self.config()
-        totals = [b.stats for b in self.batchers]
-        batches = sum(s.batches for s in totals)
-        items = sum(s.batch_items for s in totals)
-        started = sum(s.items_submitted - s.items_expired - s.items_cancelled for s in totals)
-        wait = sum(s.queue_wait_seconds for s in totals)
-        busy = sum(s.batch_seconds for s in totals)
-        return {
-            "model": self.name,
-            "task": self.models[0].info.task if self.models else self.settings.task,
-            "emulated": self.models[0].info.emulated if self.models else None,
-            "ready": self.ready,
-            "draining": self.draining,
-            "load_error": self.load_error,
-            "queue_depth": self.queue_depth(),
-            "in_flight_batches": sum(b.in_flight for b in self.batchers),
-            "batches": batches,
-            "items": items,
-            "avg_batch_size": items / batches if batches else 0.0,
-            "avg_queue_wait_ms": 1000 * wait / started if started else 0.0,
-            "avg_batch_ms": 1000 * busy / batches if batches else 0.0,
-            "items_rejected": sum(s.items_rejected for s in totals),
-            "items_expired": sum(s.items_expired for s in totals),
-            "items_cancelled": sum(s.items_cancelled for s in totals),
-            "items_failed": sum(s.items_failed for s in totals),
-            "batch_splits": sum(s.splits for s in totals),
-            "requests": dict(self.requests),
-            "config": cfg.model_dump(by_alias=True),
-            "config_path": str(self.watcher.path),
-            "config_error": self.watcher.error,
-            "workers": [
-                {
-                    "device": m.info.device,
-                    "queue_depth": b.queue_depth,
-                    "in_flight_batches": b.in_flight,
-                    "batch_limit": b.batch_limit,
-                    "max_batch_cap": b.max_batch_cap,
-                }
-                for m, b in zip(self.models, self.batchers, strict=False)
-            ],
-        }
-
-    def record(self, outcome: str, duration: float | None) -> None:
-        self.requests[outcome] += 1
-        self.telemetry.request_done(outcome, duration)
-
-
-async def _client_gone(receive: Receive) -> None:
-    """Return when the client disconnects (the body has been read already)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
+    The timeout is for the whole body, not between chunks, so that a client trickling a byte
+    at a time cannot hold a connection open either. A late body is answered 408 and counted
+    ``cancelled``: like a client that leaves mid-upload, it never finished its request.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body: {declared} bytes; at most {limit}", param="body")
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"body: over {limit} bytes", param="body")
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"body: over {limit} bytes", param="body")
     except ClientDisconnect:
         # The client's doing, not the server's: counted as cancelled, like a later leave.
         raise ApiError(CLIENT_CLOSED, "client closed the request", kind="cancelled") from None
+    except TimeoutError:
+        of = f" of {declared}" if declared.isdigit() else ""
+        raise ApiError(
+            408,
+            f"body: {len(body)}{of} bytes arrived in {within:g} s; the whole body must arrive "
+            "within the body timeout",
+            param="body",
+            kind="timeout",
+            # The rest of the body may still come: close rather than parse it as a request.
+            headers={"Connection": "close"},
+        ) from None
     return bytes(body)
 
 
@@ -353,7 +137,16 @@ def create_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="batchpilot runtime", lifespan=lifespan)
+    # The interactive docs load their scripts from a CDN: served only when asked for.
+    docs = settings.docs
+    app = FastAPI(
+        title="batchpilot runtime",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+    openapi.install(app, [api.EmbeddingRequest, api.ClassifyRequest, api.InferRequest])
     app.state.runtime = runtime
 
     @app.exception_handler(ApiError)
@@ -379,15 +172,31 @@ def create_app(
         return _error(ApiError(422, f"{where}: {first['msg']}", param=where))
 
     async def inference(
-        request: Request, handle: Callable[[bytes, int], Awaitable[dict[str, Any]]]
+        request: Request, handle: Callable[[bytes, int], Awaitable[dict[str, Any] | Response]]
     ) -> Response:
         """Run one inference request: limits, parsing, outcome and latency accounting."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
             runtime.check_accepting()
-            body = await _read_body(request, settings.max_body_bytes)
+            body = await _read_body(request, settings.max_body_bytes, settings.body_timeout)
             payload = await handle(body, _priority(request))
+        except asyncio.CancelledError:
+            if not runtime.draining:
+                raise
+            # uvicorn cancels what still runs at the graceful timeout: answer it, not cut it.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            runtime.record("rejected", None)
+            return _error(
+                ApiError(
+                    503,
+                    "shutting down: not finished within the graceful timeout",
+                    kind="unavailable",
+                    headers={"Connection": "close"},
+                )
+            )
         except ApiError as exc:
             outcome = _OUTCOME_OF_STATUS.get(exc.status, "error")
             runtime.record(outcome, loop.time() - start if outcome == "timeout" else None)
@@ -396,11 +205,15 @@ def create_app(
             log.exception("inference failed")
             runtime.record("error", None)
             return _error(ApiError(500, f"internal error: {exc}", kind="server_error"))
-        response = _json(payload)
+        response = payload if isinstance(payload, Response) else _json(payload)
         runtime.record("ok", loop.time() - start)
         return response
 
-    @app.post("/v1/embeddings")
+    @app.post(
+        "/v1/embeddings",
+        openapi_extra=openapi.request_body(api.EmbeddingRequest),
+        responses=openapi.errors(*openapi.INFERENCE_ERRORS),
+    )
     async def embeddings(request: Request) -> Response:
         async def handle(body: bytes, priority: int) -> dict[str, Any]:
             req = api.parse(api.EmbeddingRequest, body)
@@ -428,7 +241,11 @@ def create_app(
 
         return await inference(request, handle)
 
-    @app.post("/v1/classify")
+    @app.post(
+        "/v1/classify",
+        openapi_extra=openapi.request_body(api.ClassifyRequest),
+        responses=openapi.errors(*openapi.INFERENCE_ERRORS),
+    )
     async def classify(request: Request) -> Response:
         async def handle(body: bytes, priority: int) -> dict[str, Any]:
             req = api.parse(api.ClassifyRequest, body)
@@ -446,11 +263,25 @@ def create_app(
 
         return await inference(request, handle)
 
-    @app.post("/v2/models/{name}/infer")
+    @app.post(
+        "/v2/models/{name}/infer",
+        openapi_extra=openapi.request_body(
+            api.InferRequest,
+            # The binary tensor data extension: the JSON, then raw tensors (oip_binary).
+            extra_content={
+                oip_binary.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}
+            },
+        ),
+        responses=openapi.errors(*openapi.INFERENCE_ERRORS),
+    )
     async def infer(name: str, request: Request) -> Response:
-        async def handle(body: bytes, priority: int) -> dict[str, Any]:
+        async def handle(body: bytes, priority: int) -> Response:
             runtime.check_model(name)
-            req = api.parse(api.InferRequest, body)
+            header, binary = oip_binary.split_body(body, request.headers.get(oip_binary.HEADER))
+            req = api.parse(api.InferRequest, header)
+            oip_binary.attach_inputs(req, binary)
+            metadata = api.model_metadata(name, runtime.info)
+            oip_binary.select_outputs(req, [o["name"] for o in metadata["outputs"]])
             texts = api.infer_texts(req)
             runtime.check_texts(texts, "inputs[0].data")
             kind: Hashable = CLASSIFICATION_KIND
@@ -463,9 +294,11 @@ def create_app(
                     )
                 kind = embedding_kind(normalize)
             outputs = await runtime.infer(request, kind, texts, priority)
-            return api.infer_response(
+            answer = api.infer_response(
                 outputs, model=runtime.name, info=runtime.info, request_id=req.id
             )
+            content, headers, media_type = oip_binary.render(req, answer)
+            return Response(content, media_type=media_type, headers=headers)
 
         return await inference(request, handle)
 
@@ -473,14 +306,16 @@ def create_app(
     async def list_models() -> Response:
         return _json({"object": "list", "data": [_openai_model(runtime.name)]})
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}", responses=openapi.errors(404, 422))
     async def get_model(name: str) -> Response:
         runtime.check_model(name)
         return _json(_openai_model(name))
 
     @app.get("/v2")
     async def server_metadata() -> Response:
-        return _json({"name": "batchpilot", "version": "0.1.0", "extensions": []})
+        return _json(
+            {"name": "batchpilot", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        )
 
     @app.get("/v2/health/live")
     async def live() -> Response:
@@ -488,14 +323,14 @@ def create_app(
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        return _json({"ready": runtime.accepting}, 200 if runtime.accepting else 503)
+        return _json({"ready": runtime.routable}, 200 if runtime.routable else 503)
 
-    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/ready", responses=openapi.errors(404, 422))
     async def model_ready(name: str) -> Response:
         runtime.check_model(name)
-        return _json({"name": name, "ready": runtime.accepting}, 200 if runtime.accepting else 503)
+        return _json({"name": name, "ready": runtime.routable}, 200 if runtime.routable else 503)
 
-    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}", responses=openapi.errors(404, 422, 503))
     async def model_metadata(name: str) -> Response:
         runtime.check_model(name)
         if not runtime.models:

@@ -17,6 +17,11 @@ from typing import Any
 
 from batchpilot_runtime.backends import TASKS, Task
 from batchpilot_runtime.config import DEFAULT_CONFIG_PATH, BatchingConfig
+from batchpilot_runtime.lifecycle import (
+    BODY_TIMEOUT_SECONDS,
+    DRAIN_DELAY_SECONDS,
+    GRACEFUL_TIMEOUT_SECONDS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +53,12 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_inputs: int = 2048
     max_input_chars: int = 100_000
+    body_timeout: float = BODY_TIMEOUT_SECONDS
+    drain_delay: float = DRAIN_DELAY_SECONDS
+    graceful_timeout: int = GRACEFUL_TIMEOUT_SECONDS
     reload_interval: float = 0.5
     log_level: str = "info"
+    docs: bool = False
 
     @property
     def served_name(self) -> str:
@@ -88,7 +97,14 @@ def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``) and flags ``argv``."""
-    args = build_parser(env).parse_args(argv)
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    if args.body_timeout <= 0:
+        parser.error(f"--body-timeout: {args.body_timeout}; must be > 0")
+    if args.drain_delay < 0:
+        parser.error(f"--drain-delay: {args.drain_delay}; must be >= 0")
+    if args.graceful_timeout < 0:
+        parser.error(f"--graceful-timeout: {args.graceful_timeout}; must be >= 0")
     return Settings(**vars(args))
 
 
@@ -125,6 +141,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "max_input_chars": "longest input text; longer is 413",
         "reload_interval": "seconds between checks of the config file",
         "log_level": "debug, info, warning or error",
+        "docs": "serve the interactive API docs at /docs and /redoc (they load scripts from a "
+        "CDN; /openapi.json is always served)",
+        "body_timeout": "seconds a request body may take to arrive; slower is 408",
+        "drain_delay": "seconds to keep serving after SIGTERM, unready, while endpoints drop "
+        "the pod (skipped if the model never got ready)",
+        "graceful_timeout": "then, seconds accepted requests get to finish after SIGTERM; what is "
+        "left then is cancelled",
     }
     defaults = {f.name: f.default for f in fields(Settings)}
     for f in fields(Settings):
@@ -172,8 +195,12 @@ def _field_type(name: str) -> Any:
         "max_wait_ms": float,
         "request_timeout_ms": float,
         "reload_interval": float,
+        "body_timeout": float,
+        "drain_delay": float,
+        "graceful_timeout": int,
         "trust_remote_code": bool,
         "normalize": bool,
+        "docs": bool,
     }
     return types.get(name, str)
 

@@ -9,8 +9,9 @@ What each metric means:
 
 - ``batchpilot_queue_depth`` (gauge): items waiting for a batch, all workers together.
 - ``batchpilot_requests_total{outcome}`` (counter): inference requests by outcome, one of
-  :data:`OUTCOMES`. ``ok`` 200, ``rejected`` 429 (queue full) or 503 (not ready, draining),
-  ``timeout`` 504, ``invalid`` 413 or 422, ``error`` 500, ``cancelled`` client gone first.
+  :data:`OUTCOMES`. ``ok`` 200, ``rejected`` 429 (queue full) or 503 (not ready, shutting
+  down), ``timeout`` 504, ``invalid`` 413 or 422, ``error`` 500, ``cancelled`` client gone
+  first or its body not sent within the body timeout (408).
 - ``batchpilot_request_duration_seconds`` (histogram): arrival to response, for requests that
   were answered ``ok`` or ``timeout`` (the latency the SLO is about; refusals are instant and
   only counted).

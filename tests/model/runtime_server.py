@@ -49,24 +49,31 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_server(tmp: Path, *args: str, config: str | None = None) -> Iterator[Server]:
-    """Start the runtime (host from BATCHPILOT_HOST, as pods get it) and wait until ready."""
+def run_server(
+    tmp: Path, *args: str, config: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Start the runtime (host from BATCHPILOT_HOST, as pods get it) and wait until ready.
+
+    ``env`` adds to the environment: settings as ``BATCHPILOT_*`` variables, as pods get them.
+    """
     port = free_port()
     config_path = tmp / "batching.json"
     if config is not None:
         config_path.write_text(config)
     log = tmp / "runtime.log"
-    env = {
+    environment = {
         **os.environ,
         "BATCHPILOT_HOST": "127.0.0.1",
         "BATCHPILOT_PORT": str(port),
         "BATCHPILOT_CONFIG": str(config_path),
         "BATCHPILOT_RELOAD_INTERVAL": "0.2",
         "HF_HUB_OFFLINE": "1",
+        "BATCHPILOT_DRAIN_DELAY": "0",  # no endpoints to wait for
+        **(env or {}),
     }
     script = Path(sys.executable).with_name("batchpilot-runtime")
     with log.open("wb") as out:
-        process = subprocess.Popen([str(script), *args], env=env, stdout=out, stderr=out)
+        process = subprocess.Popen([str(script), *args], env=environment, stdout=out, stderr=out)
     server = Server(f"http://127.0.0.1:{port}", config_path, process, log)
     try:
         deadline = time.monotonic() + READY_TIMEOUT

@@ -13,7 +13,9 @@ import yaml
 from batchpilot_operator import desired
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.settings import OperatorSettings
+from batchpilot_runtime import lifecycle
 from batchpilot_runtime.config import BatchingConfig
+from batchpilot_runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -209,6 +211,16 @@ def test_pod_is_restricted_probed_and_scraped() -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "8080"
     assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_grace_period_covers_the_runtimes_drain_and_graceful_bound() -> None:
+    dep = desired.desired_deployment(make(BASIC), state())
+    pod = dep["spec"]["template"]["spec"]
+    runtime = Settings(model="/m")
+    assert "lifecycle" not in container(dep)  # no preStop hook: the runtime drains itself
+    assert pod["terminationGracePeriodSeconds"] >= (
+        runtime.drain_delay + runtime.graceful_timeout + lifecycle.SHUTDOWN_MARGIN_SECONDS
+    )
 
 
 def test_labels_and_selector() -> None:

@@ -178,9 +178,34 @@ async def test_not_ready_until_loaded_then_ready(tmp_path: Path) -> None:
         await until_ready(runtime)
         assert (await client.get("/v2/health/ready")).json() == {"ready": True}
         assert (await client.get("/v2/models/fake/ready")).status_code == 200
-        runtime.draining = True
+        runtime.draining = True  # SIGTERM: endpoints drop the pod, but it still serves
         assert (await client.get("/v2/health/ready")).status_code == 503
+        assert (await client.get("/v2/models/fake/ready")).status_code == 503
+        assert (await client.post("/v1/embeddings", json={"input": "x"})).status_code == 200
+        runtime.stopping = True  # the app is shutting down
         assert (await client.post("/v1/embeddings", json={"input": "x"})).status_code == 503
+
+
+async def test_the_load_runs_in_a_daemon_thread_that_shutdown_does_not_wait_for(
+    tmp_path: Path,
+) -> None:
+    release = threading.Event()
+    daemon: list[bool] = []
+
+    def stuck_loader() -> list[ServedModel]:
+        daemon.append(threading.current_thread().daemon)
+        release.wait(timeout=60)  # set below; the bound only ends this thread if the test fails
+        return [FakeModel()]
+
+    try:
+        async with serve(settings(tmp_path), stuck_loader) as (client, runtime):
+            await until(lambda: bool(daemon))
+            assert (await client.get("/v2/health/ready")).status_code == 503
+        # Shut down mid-load: the load is abandoned, and nothing at exit joins its thread.
+        assert daemon == [True]
+        assert runtime.load_running()
+    finally:
+        release.set()
 
 
 async def test_a_failed_load_is_reported_to_the_caller(tmp_path: Path) -> None:

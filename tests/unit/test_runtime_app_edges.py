@@ -1,8 +1,9 @@
-"""The HTTP app at its edges: a client that leaves mid-upload, methods a route does not take,
-and request fields that must hold the JSON type they name."""
+"""The HTTP app at its edges: a client that leaves or stalls mid-upload, methods a route does
+not take, and request fields that must hold the JSON type they name."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -72,6 +73,47 @@ async def test_a_client_that_leaves_mid_upload_is_cancelled_not_an_error(
     assert runtime.requests["error"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert model.batches == []
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v2/models/fake/infer"], ids=["openai", "oip"])
+async def test_a_stalled_upload_is_answered_408_and_its_connection_closed(
+    tmp_path: Path, path: str
+) -> None:
+    model = FakeModel()
+    async with serve(settings(tmp_path, body_timeout=0.2), lambda: [model]) as (client, runtime):
+        await until_ready(runtime)
+        app = client._transport.app  # type: ignore[attr-defined]
+        body = json.dumps({"input": ["one", "two"]}).encode()
+        sent = False
+        stalled = asyncio.Event()  # never set: the rest of the body never comes
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body[:10], "more_body": True}
+            await stalled.wait()
+            raise AssertionError("unreachable")
+
+        answer: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            answer.append(message)
+
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        # The bound is only this test's own timeout; the app answers long before.
+        await asyncio.wait_for(app(_scope("POST", path, headers), receive, send), 30)
+        start = answer[0]
+        assert start["status"] == 408
+        assert (b"connection", b"close") in start["headers"]
+        error = json.loads(answer[1]["body"])["error"]
+        assert error["param"] == "body"
+        assert f"10 of {len(body)} bytes" in error["message"]
+        assert runtime.requests["cancelled"] == 1
+        assert model.batches == []
 
 
 @pytest.mark.parametrize(

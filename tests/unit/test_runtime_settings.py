@@ -52,6 +52,17 @@ def test_bad_values_are_refused_naming_the_setting(capsys: pytest.CaptureFixture
     assert "--task" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--body-timeout", "0.0"), ("--graceful-timeout", "-1")]
+)
+def test_shutdown_bounds_out_of_range_are_refused_naming_the_flag(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--model", "/m", flag, value], env={})
+    assert f"{flag}: {value}" in capsys.readouterr().err
+
+
 def test_model_uris(tmp_path: Path) -> None:
     (tmp_path / "claim" / "bert").mkdir(parents=True)
     assert resolve_model_path(str(tmp_path)) == tmp_path
