@@ -37,13 +37,15 @@ def skip_reason(stage: Stage, left: float) -> str | None:
     return None
 
 
-def run_child(cmd: list[str], result_file: Path, name: str, budget: float) -> Json:
-    """Run one stage process; kill its process group after ``budget + GRACE_SECONDS``."""
+def run_child(
+    cmd: list[str], result_file: Path, name: str, budget: float, grace: float = GRACE_SECONDS
+) -> Json:
+    """Run one stage process; kill its process group after ``budget + grace`` seconds."""
     started = time.monotonic()
     # A session of its own, so that a kill reaches the servers and load generators it started.
     process = subprocess.Popen(cmd, start_new_session=True)
     try:
-        process.wait(timeout=budget + GRACE_SECONDS)
+        process.wait(timeout=budget + grace)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -84,7 +84,7 @@ def run(ctx: Context, checks: Checks) -> Json:
                     skipped.append(clients)
                     continue
                 limit = offline.items_per_s(sizes.bench_offline_seconds)
-                procs = 1 if clients <= 8 else sizes.bench_processes
+                procs = 1 if clients == 1 else sizes.bench_processes
                 level = closed_loop(
                     server.url, texts, clients, sizes.bench_seconds, sizes.bench_warmup, procs
                 )
