@@ -28,7 +28,7 @@ if ! "$PYTHON" -c 'import fastapi, uvicorn, pydantic' 2>/dev/null; then
     SITE=${GPU_CHECK_SITE:-/tmp/batchpilot-gpu-site}
     echo "gpu-check: installing $(ls "$BUNDLE"/wheels/*.whl | wc -l) wheels from $BUNDLE into $SITE"
     if "$PYTHON" -m pip --version >/dev/null 2>&1; then
-        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target "$SITE" "$BUNDLE"/wheels/*.whl
     else
         # No pip: a wheel is a zip archive laid out for site-packages.
