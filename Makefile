@@ -64,3 +64,12 @@ docs: install ## Regenerate every generated file: the CRD, and the reference pag
 
 clean: ## Remove the virtual environment and caches (not the cluster binaries)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: gpu-bundle gpu-check
+GPU_CHECK_ARGS ?=
+
+gpu-bundle: install ## Wheels, tokenizer and MiniLM float16 weights for the GPU check, in .gpu-bundle/ (under 64 MiB with the tree)
+	$(PY) -m bench.gpu.bundle
+
+gpu-check: ## The GPU check in one command (bench/gpu/README.md); GPU_CHECK_ARGS=--dry-run runs it on the CPU
+	@bash bench/gpu/gpu-check.sh $(GPU_CHECK_ARGS)
