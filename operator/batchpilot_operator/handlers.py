@@ -91,8 +91,21 @@ def clients() -> Clients:
     with _clients_lock:
         if _clients is None:
             kubernetes.config.load_config()  # type: ignore[no-untyped-call]
-            _clients = Clients()
+            _clients = Clients(ApiClient(pooled_configuration()))
         return _clients
+
+
+API_CONNECTIONS = 64
+"""Connections kept open to the API server. Handlers and tuning loops call it from many
+worker threads at once; with the client's default pool (five per core) connections are
+discarded under load and each new one pays a TLS handshake."""
+
+
+def pooled_configuration() -> kubernetes.client.Configuration:
+    """The loaded client configuration, with a connection pool of ``API_CONNECTIONS``."""
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = API_CONNECTIONS
+    return configuration
 
 
 def _classify(exc: Exception) -> Exception:
