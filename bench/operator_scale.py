@@ -26,6 +26,7 @@ import math
 import os
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +164,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cluster = LocalCluster()
     cluster.check_binaries()
     cluster.up(print)
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "batchedmodels.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/batchedmodels.batchpilot.dev")
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     for i in range(math.ceil(max(args.sizes) / PODS_PER_NODE)):
         name = f"kwok-scale-{i}"
@@ -171,11 +174,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     print(f"baseline API request rate over {args.rest:g} s, no operator ...", flush=True)
     baseline = request_rate(cluster, args.rest)
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    log_path = Path(tempfile.gettempdir()) / "batchpilot-operator-scale.log"
+    print(f"operator log: {log_path}", flush=True)
     operator = subprocess.Popen(
         [str(scripts_dir() / "batchpilot-operator"), "-n", NAMESPACE, "--liveness", "", "--quiet"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=open(args.out / "operator-scale.log", "w"),  # noqa: SIM115 (the process owns it)
+        stderr=open(log_path, "w"),  # noqa: SIM115 (the process owns it)
     )
     steps: list[dict[str, Any]] = []
     watch = DeploymentWatch(cluster)
