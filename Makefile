@@ -32,7 +32,7 @@ cluster: install binaries ## Start the local cluster (control plane, kwok GPU no
 cluster-down: ## Stop the local cluster and everything it runs (no process left behind)
 	@if [ -x $(VENV)/bin/batchpilot-cluster ]; then $(VENV)/bin/batchpilot-cluster down; fi
 
-demo: install binaries ## The main job: local cluster, operator, a real model under rising and falling load, live
+demo: install binaries ## The main job: local cluster, operator, a real model and emulated GPUs under rising and falling load, live
 	$(VENV)/bin/python -m batchpilot_localcluster.demo
 
 test: install binaries ## Run every test layer: unit, model, cluster and e2e
