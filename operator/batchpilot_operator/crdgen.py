@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -276,18 +277,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the files are stale")
     args = parser.parse_args(argv)
     text = render()
+    return write_generated(args.root, {rel: text for rel in CRD_PATHS}, args.check, "make crds")
+
+
+def write_generated(root: Path, files: Mapping[Path, str], check: bool, command: str) -> int:
+    """Write each generated file whose text changed (``check``: only report them): 0, or 1
+    when ``check`` found one stale."""
     stale = []
-    for rel in CRD_PATHS:
-        path = args.root / rel
-        current = path.read_text() if path.exists() else None
-        if current == text:
+    for rel, text in files.items():
+        path = root / rel
+        if path.exists() and path.read_text() == text:
             continue
         stale.append(str(rel))
-        if not args.check:
+        if not check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-    if args.check and stale:
-        print(f"stale: {', '.join(stale)}; run `make crds`", file=sys.stderr)
+    if check and stale:
+        print(f"stale: {', '.join(stale)}; run `{command}`", file=sys.stderr)
         return 1
     for name in stale:
         print(f"wrote {name}")

@@ -16,7 +16,6 @@ import inspect
 import itertools
 import json
 import re
-import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -421,22 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root")
     parser.add_argument("--check", action="store_true", help="fail if a page is stale")
     args = parser.parse_args(argv)
-    stale = []
-    for rel, render in PAGES.items():
-        path = args.root / rel
-        text = render()
-        if path.exists() and path.read_text() == text:
-            continue
-        stale.append(str(rel))
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if args.check and stale:
-        print(f"stale: {', '.join(stale)}; run `make docs`", file=sys.stderr)
-        return 1
-    for name in stale:
-        print(f"wrote {name}")
-    return 0
+    from batchpilot_operator import crdgen
+
+    pages = {rel: render() for rel, render in PAGES.items()}
+    return crdgen.write_generated(args.root, pages, args.check, "make docs")
 
 
 if __name__ == "__main__":
