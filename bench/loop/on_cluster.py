@@ -46,7 +46,7 @@ from batchpilot_localcluster.scenario import (
     wait_model_ready,
 )
 from batchpilot_localcluster.waits import wait_for
-from batchpilot_operator.tuning import TuningSpec
+from batchpilot_operator.policy import TuningSpec
 from batchpilot_runtime.backends.emulated import Profile, load_profile
 from batchpilot_runtime.config import BatchingConfig
 

@@ -1,7 +1,7 @@
 """The policies the loop benchmark compares, each driving a simulated :class:`Cluster`.
 
 * :class:`BatchpilotPolicy`: the operator's own observation and policy,
-  ``metrics.observe`` on the replicas' real ``/metrics`` text and ``tuning.decide``.
+  ``metrics.observe`` on the replicas' real ``/metrics`` text and ``policy.decide``.
 * :class:`StaticPolicy`: fixed replicas and a fixed batching config.
 * :class:`HpaPolicy`: the Kubernetes HorizontalPodAutoscaler algorithm on queue depth per
   replica, with a fixed batching config.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from bench.loop.simulator import Cluster
 
 from batchpilot_operator.metrics import Scrape, ServiceHistory, observe, parse_metrics
-from batchpilot_operator.tuning import CurrentState, TuningSpec, decide
+from batchpilot_operator.policy import CurrentState, TuningSpec, decide
 from batchpilot_runtime.config import BatchingConfig
 
 

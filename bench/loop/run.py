@@ -6,7 +6,7 @@ varied as the real server's batches varied and with its HTTP path, both as recor
 validation).
 Per trace:
 
-* ``batchpilot``: ``metrics.observe`` + ``tuning.decide`` every ``intervalSeconds``;
+* ``batchpilot``: ``metrics.observe`` + ``policy.decide`` every ``intervalSeconds``;
 * ``batchpilot-floor``: the same, with ``minReplicas`` raised to hold capacity for a jump no
   pod start-up can follow (swept, the cheapest floor holding 99% within target kept): what a
   user does for traffic known to burst;
@@ -52,7 +52,7 @@ from bench.loop.simulator import (
     simulate,
 )
 
-from batchpilot_operator.tuning import TuningSpec
+from batchpilot_operator.policy import TuningSpec
 from batchpilot_runtime.config import BatchingConfig
 
 HERE = Path(__file__).parent
@@ -868,7 +868,7 @@ Produced by `{command}` ({elapsed:.0f} s on this machine); the validation by
   {setup.min_replicas}..{setup.max_replicas}; traces of {setup.duration_s:g} s with a peak of
   {setup.peak:g} requests/s, Poisson arrivals (seed {setup.seed}). Autoscalers start at the
   replicas that carry the trace's first rate.
-- batchpilot: `metrics.observe` on the replicas' `/metrics` text and `tuning.decide` every
+- batchpilot: `metrics.observe` on the replicas' `/metrics` text and `policy.decide` every
   {setup.interval_s:g} s, scale-down delay {setup.scale_down_delay_s:g} s, batch size 1..64,
   wait 0..50 ms.
 - HPA: the Kubernetes algorithm (15 s sync, tolerance 0.1, scale-up by at most max(100%, 4

@@ -207,9 +207,15 @@ def _line(xs: Sequence[int], ys: Sequence[float]) -> list[float]:
 class SimulatedModel:
     """The runtime's two-stage model (tokenise worker, forward worker) on virtual time."""
 
-    def __init__(self, profile: ServiceProfile, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        profile: ServiceProfile,
+        rng: random.Random | None = None,
+        slowdown: Callable[[], float] | None = None,
+    ) -> None:
         self.profile = profile
         self._rng = rng or random.Random(0)
+        self._slowdown = slowdown
         self._tokenizer = asyncio.Lock()
         self._device = asyncio.Lock()
         self._next = 0
@@ -228,7 +234,7 @@ class SimulatedModel:
 
     async def run(self, batch: Batch) -> list[object]:
         b = len(batch.payloads)
-        scale = self._scale()
+        scale = self._scale() * (self._slowdown() if self._slowdown else 1.0)
         async with self._tokenizer:
             await asyncio.sleep(self.profile.tokenize_s(b) * scale)
         async with self._device:
@@ -287,6 +293,22 @@ class Replica:
         return self.batcher.config
 
 
+@dataclass(frozen=True)
+class Disturbance:
+    """Slow spells shared by every replica: ``(start_s, end_s, factor)`` multiplies the
+    service time of each batch that starts within ``[start_s, end_s)`` of the run."""
+
+    spells: tuple[tuple[float, float, float], ...]
+
+    def factor_at(self, t: float) -> float:
+        """The service-time multiplier at ``t`` seconds into the run (1: undisturbed)."""
+        factor = 1.0
+        for start, end, f in self.spells:
+            if start <= t < end:
+                factor *= f
+        return factor
+
+
 @dataclass
 class ClusterSettings:
     startup_s: float = 10.0
@@ -296,6 +318,8 @@ class ClusterSettings:
     stop_s: float = 0.0
     """Scale-down to the pod gone: a retired replica takes no new requests, finishes its
     queue, and holds its device at least this long (the runtime's drain delay and exit)."""
+    disturbance: Disturbance | None = None
+    """Spells when every replica's batches run slower (a noisy neighbour, a throttled node)."""
     seed: int = 0
 
 
@@ -328,6 +352,8 @@ class Cluster:
         self._ready_cache: list[Replica] = []
         self._ready_dirty = True
         self._closing: set[asyncio.Task[None]] = set()
+        self.t0 = self.now
+        """When the run began, on the loop's clock."""
 
     @property
     def now(self) -> float:
@@ -351,7 +377,11 @@ class Cluster:
     def _new_replica(self, ready_in: float) -> Replica:
         now = self.now
         self._count += 1
-        model = SimulatedModel(self.profile, random.Random(self._rng.random()))
+        disturbance = self.settings.disturbance
+        slowdown = None
+        if disturbance is not None:
+            slowdown = lambda: disturbance.factor_at(self.now - self.t0)  # noqa: E731
+        model = SimulatedModel(self.profile, random.Random(self._rng.random()), slowdown)
         holder: dict[str, Batcher] = {}
         telemetry = Telemetry(
             queue_depth=lambda: holder["b"].queue_depth, config=lambda: holder["b"].config

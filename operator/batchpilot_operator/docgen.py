@@ -10,36 +10,21 @@ operator's settings, the chart's ``values.yaml`` with helm-docs ``# --`` comment
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
-import itertools
 import json
 import re
-import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prometheus_client import CollectorRegistry
 
+from batchpilot_operator.docgen_common import attribute_docs, header, rst_to_markdown, table
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = Path("docs") / "reference"
 VALUES = Path("charts") / "batchpilot" / "values.yaml"
-
-
-def _header(title: str, source: str) -> str:
-    return (
-        f"# {title}\n\n"
-        f"*Generated from {source} by `python -m batchpilot_operator.docgen`; "
-        "do not edit by hand: run `make docs`.*\n\n"
-    )
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _code(value: Any, quote: bool = False) -> str:
@@ -51,12 +36,6 @@ def _code(value: Any, quote: bool = False) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------- the CRD
@@ -138,7 +117,7 @@ def crd_page(crd: dict[str, Any]) -> str:
     (version,) = crd["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]
     names = crd["spec"]["names"]
-    out = _header("BatchedModel reference", "`operator/batchpilot_operator/api.py`")
+    out = header("BatchedModel reference", "`operator/batchpilot_operator/api.py`")
     out += (
         f"`{crd['spec']['group']}/{version['name']}`, kind `{names['kind']}`, short name "
         f"{', '.join(f'`{n}`' for n in names['shortNames'])}, {crd['spec']['scope'].lower()}. "
@@ -146,11 +125,11 @@ def crd_page(crd: dict[str, Any]) -> str:
     )
     spec, status = schema["properties"]["spec"], schema["properties"]["status"]
     out += "## spec\n\n"
-    out += _table(["field", "type", "default", "bounds", "meaning"], _field_rows(spec, True))
+    out += table(["field", "type", "default", "bounds", "meaning"], _field_rows(spec, True))
     out += "\n## status\n\nWritten by the operator.\n\n"
-    out += _table(["field", "type", "meaning"], _field_rows(status, False))
+    out += table(["field", "type", "meaning"], _field_rows(status, False))
     out += "\n## Validation rules\n\nThe API server refuses an object that breaks one:\n\n"
-    out += _table(
+    out += table(
         ["where", "rule", "message"],
         [[w if w == "the object" else f"`{w}`", f"`{r}`", m] for w, r, m in _rules(schema, "")],
     )
@@ -160,27 +139,22 @@ def crd_page(crd: dict[str, Any]) -> str:
         for c in version["additionalPrinterColumns"]
         for wide in ["`-o wide`" if c.get("priority") else ""]
     ]
-    out += _table(["column", "from", "meaning", "shown"], columns)
+    out += table(["column", "from", "meaning", "shown"], columns)
     return out
 
 
 def config_page(schema: dict[str, Any], key: str, path: str) -> str:
     """The batching config document (the ConfigMap contract), from its structural schema."""
-    out = _header("The batching config: `batching.json`", "`runtime/batchpilot_runtime/config.py`")
+    out = header("The batching config: `batching.json`", "`runtime/batchpilot_runtime/config.py`")
     out += (
         f"ConfigMap `<name>-batching`, key `{key}`, mounted at `{path}` and reloaded while "
         "the runtime runs ([the contract](../concepts/contracts.md)). Unknown keys make the "
         "file invalid: it is ignored and the last good config stays.\n\n"
     )
-    return out + _table(["key", "type", "default", "bounds", "meaning"], _field_rows(schema, True))
+    return out + table(["key", "type", "default", "bounds", "meaning"], _field_rows(schema, True))
 
 
 # ------------------------------------------------------------------------------- the metrics
-
-
-def _rst_to_markdown(text: str) -> str:
-    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
-    return text.replace("``", "`")
 
 
 def _bound(le: str) -> str:
@@ -190,7 +164,7 @@ def _bound(le: str) -> str:
 def metrics_page(registry: CollectorRegistry, doc: str) -> str:
     """The metrics reference: every metric a runtime pod exports, its buckets, and the
     meanings given in the telemetry module's docstring (from ``What each metric means``)."""
-    out = _header("Runtime metrics", "`runtime/batchpilot_runtime/telemetry.py`")
+    out = header("Runtime metrics", "`runtime/batchpilot_runtime/telemetry.py`")
     out += (
         "Every runtime pod serves `GET /metrics` in the Prometheus text format. Names start "
         "with `batchpilot_`, units are base units (seconds), counters end in `_total`, and "
@@ -210,12 +184,12 @@ def metrics_page(registry: CollectorRegistry, doc: str) -> str:
         if family.type == "histogram":
             bounds = [_bound(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")]
             buckets.setdefault(", ".join(bounds), []).append(f"`{name}`")
-    out += _table(["name", "type", "labels", "meaning"], rows)
+    out += table(["name", "type", "labels", "meaning"], rows)
     out += "\n## Buckets\n\nThe same on every pod, so histograms add up across pods.\n\n"
-    out += _table(["histograms", "upper bounds"], [[", ".join(n), b] for b, n in buckets.items()])
+    out += table(["histograms", "upper bounds"], [[", ".join(n), b] for b, n in buckets.items()])
     marker = "What each metric means:"
     if marker in doc:
-        out += "\n## Details\n\n" + _rst_to_markdown(doc.split(marker, 1)[1]).strip() + "\n"
+        out += "\n## Details\n\n" + rst_to_markdown(doc.split(marker, 1)[1]).strip() + "\n"
     return out
 
 
@@ -254,13 +228,13 @@ def runtime_page(
     parser: argparse.ArgumentParser, env_prefix: str, pvc_env: str, pvc_default: str
 ) -> str:
     """The runtime's flags and their ``BATCHPILOT_*`` variables."""
-    out = _header("Runtime flags and environment", "`runtime/batchpilot_runtime/settings.py`")
+    out = header("Runtime flags and environment", "`runtime/batchpilot_runtime/settings.py`")
     out += (
         f"`{parser.prog}`: {parser.description} Booleans accept `1/true/yes/on` and "
         "`0/false/no/off`. The batching flags are only the starting point: the config file, "
         "when it exists, overrides them and is reloaded while the runtime runs.\n\n"
     )
-    out += _table(["flag", "environment", "default", "meaning"], _flag_rows(parser, env_prefix))
+    out += table(["flag", "environment", "default", "meaning"], _flag_rows(parser, env_prefix))
     out += (
         f"\n`{pvc_env}` (default `{pvc_default}`) is the directory under which "
         "`pvc://claim/path` models are read; the operator sets it where it mounts the claim.\n"
@@ -268,26 +242,9 @@ def runtime_page(
     return out
 
 
-def attribute_docs(cls: type) -> dict[str, str]:
-    """The docstrings written right under a dataclass's attributes."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    docs = {}
-    for node, after in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = _rst_to_markdown(" ".join(after.value.value.split()))
-    return docs
-
-
 def operator_page(parser: argparse.ArgumentParser, settings: type, env_prefix: str) -> str:
     """The operator's flags, and the variables that set the runtime pods' defaults."""
-    out = _header(
+    out = header(
         "Operator flags and environment",
         "`operator/batchpilot_operator/__main__.py` and `settings.py`",
     )
@@ -295,14 +252,14 @@ def operator_page(parser: argparse.ArgumentParser, settings: type, env_prefix: s
         f"`{parser.prog}`: {parser.description} The kubeconfig comes from `KUBECONFIG` (or "
         "`~/.kube/config`), else the pod's service account.\n\n## Flags\n\n"
     )
-    out += _table(["flag", "default", "meaning"], _flag_rows(parser))
+    out += table(["flag", "default", "meaning"], _flag_rows(parser))
     out += "\n## Environment\n\nRead once at start-up.\n\n"
     docs = attribute_docs(settings)
     rows = [
         [f"`{env_prefix}{f.name.upper()}`", _code(f.default), docs.get(f.name, "")]
         for f in dataclasses.fields(settings)
     ]
-    out += _table(["variable", "default", "meaning"], rows)
+    out += table(["variable", "default", "meaning"], rows)
     out += "\nThe Helm chart sets these from its values: see [chart values](chart-values.md).\n"
     return out
 
@@ -351,9 +308,9 @@ def values_page(text: str) -> str:
         for part in key.split("."):
             value = value[part]
         rows.append([f"`{key}`", _helm_type(value), _code(value, quote=True), description])
-    out = _header("Helm chart values", "`charts/batchpilot/values.yaml`")
+    out = header("Helm chart values", "`charts/batchpilot/values.yaml`")
     out += "Set with `--set key=value` or `-f my-values.yaml` on `helm install`.\n\n"
-    return out + _table(["key", "type", "default", "description"], rows)
+    return out + table(["key", "type", "default", "description"], rows)
 
 
 # -------------------------------------------------------------------------------- the pages
@@ -404,6 +361,12 @@ def _chart_values() -> str:
     return values_page((REPO_ROOT / VALUES).read_text())
 
 
+def _policy() -> str:
+    from batchpilot_operator.policydoc import policy_page
+
+    return policy_page()
+
+
 PAGES: dict[Path, Callable[[], str]] = {
     REFERENCE / "batchedmodel.md": _crd,
     REFERENCE / "batching-json.md": _config,
@@ -411,6 +374,7 @@ PAGES: dict[Path, Callable[[], str]] = {
     REFERENCE / "runtime.md": _runtime,
     REFERENCE / "operator.md": _operator,
     REFERENCE / "chart-values.md": _chart_values,
+    REFERENCE / "tuning-policy.md": _policy,
 }
 """Each generated page, relative to the repository root, and what renders it."""
 

@@ -5,7 +5,7 @@ Each tick (every ``spec.autoscaling.intervalSeconds``; a kopf daemon in
 
 1. read the BatchedModel, list its runtime pods, scrape the ready ones' ``/metrics``;
 2. compare with the previous scrape into an :class:`~batchpilot_operator.metrics.Observation`;
-3. :func:`~batchpilot_operator.tuning.decide` the next replicas, batch size and wait;
+3. :func:`~batchpilot_operator.policy.decide` the next replicas, batch size and wait;
 4. apply it through the reconciler (``converge(adjust=...)``, under its per-object lock):
    replicas on the Deployment, the config in the ConfigMap, the observation, the config the
    pods report in force and the decision in status;
@@ -42,7 +42,7 @@ from batchpilot_operator.metrics import (
     observe,
     scrape_pods,
 )
-from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, decide
+from batchpilot_operator.policy import CurrentState, Decision, TuningSpec, decide
 from batchpilot_runtime.config import BatchingConfig
 
 LOGGER = logging.getLogger("batchpilot.loop")

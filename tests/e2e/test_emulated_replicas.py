@@ -30,7 +30,7 @@ from batchpilot_localcluster.scenario import (
     wait_model_ready,
 )
 from batchpilot_localcluster.waits import wait_for
-from batchpilot_operator.tuning import TuningSpec
+from batchpilot_operator.policy import TuningSpec
 
 NAME = "encoder"
 TARGET_MS = 150.0

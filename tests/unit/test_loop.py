@@ -23,7 +23,8 @@ from batchpilot_operator.loop import (
     ready_pod_targets,
 )
 from batchpilot_operator.metrics import Scrape, observe
-from batchpilot_operator.tuning import CurrentState, Decision
+from batchpilot_operator.policy import CurrentState, Decision, Regime, Rule
+from batchpilot_operator.policy.rules import Note
 from batchpilot_runtime.config import BatchingConfig
 
 
@@ -112,34 +113,56 @@ def test_observation_status_only_for_a_window_that_covers_pods() -> None:
     }
 
 
-def decision(replicas: int, size: int, wait: float, reason: str = "why") -> Decision:
+def decision(replicas: int, size: int, wait: float, *notes: Note) -> Decision:
     return Decision(
         action="x",
         replicas=replicas,
         max_batch_size=size,
         max_wait_ms=wait,
-        reason=reason,
+        regime=Regime.WITHIN,
+        config_rule=Rule.WITHIN,
+        replica_rule=Rule.SCALE_UP,
+        notes=notes,
         replicas_changed=replicas != 2,
         config_changed=(size, wait) != (8, 5.0),
         recommendations=(),
     )
 
 
+def made(
+    action: str,
+    replicas: int,
+    size: int,
+    wait: float,
+    replicas_changed: bool,
+    config_changed: bool,
+    **memory: Any,
+) -> Decision:
+    """A decision as a policy stub returns it."""
+    return replace(
+        decision(replicas, size, wait),
+        action=action,
+        replicas_changed=replicas_changed,
+        config_changed=config_changed,
+        **memory,
+    )
+
+
 def test_decision_events_name_what_changed_and_why() -> None:
     before = CurrentState(replicas=2, max_batch_size=8, max_wait_ms=5.0, generation=1)
     assert decision_event(before, decision(2, 8, 5.0)) is None
-    up = decision_event(before, decision(3, 16, 5.0, "queue growing"))
+    up = decision_event(before, decision(3, 16, 5.0, Note.of(Rule.SCALE_UP, replicas=3)))
     assert up is not None
     assert (up.reason, up.message) == (
         "ScaledUp",
-        "replicas 2->3, maxBatchSize 8->16: queue growing",
+        "replicas 2->3, maxBatchSize 8->16: scale up to 3",
     )
     down = decision_event(before, decision(1, 8, 5.0))
     assert down is not None
     assert down.reason == "ScaledDown"
-    retune = decision_event(before, decision(2, 8, 2.5))
+    retune = decision_event(before, decision(2, 8, 2.5, Note.of(Rule.WAIT_SET, wait=2.5)))
     assert retune is not None
-    assert (retune.reason, retune.message) == ("Retuned", "maxWaitMs 5->2.5: why")
+    assert (retune.reason, retune.message) == ("Retuned", "maxWaitMs 5->2.5: wait 2.5 ms")
 
 
 # ------------------------------------------------------------------ the loop, on a fake API
@@ -278,7 +301,7 @@ async def test_a_config_change_touches_the_pods_and_measures_propagation() -> No
     started(kube)
     clock = Clock()
     loop = loop_for(kube, clock)
-    retune = Decision("retune", 1, 16, 2.0, "test", False, True, ())
+    retune = made("retune", 1, 16, 2.0, False, True)
     loop.policy = lambda *_: retune
     result = await loop.tick()
     assert result is not None
@@ -297,7 +320,7 @@ async def test_a_config_change_reaches_pods_still_starting() -> None:
     started(kube)
     kube.pods["m-b"].load_config(32, 0.005, 1)
     loop = loop_for(kube, Clock())
-    loop.policy = lambda *_: Decision("retune", 2, 16, 2.0, "test", False, True, ())
+    loop.policy = lambda *_: made("retune", 2, 16, 2.0, False, True)
     result = await loop.tick()
     assert result is not None
     # m-b mounted generation 1 when it was created; it must not serve it once ready
@@ -313,7 +336,7 @@ async def test_pods_being_deleted_are_not_touched() -> None:
         pod("m-b", "127.0.0.3", deletionTimestamp="2026-01-01T00:00:00Z"),
     ]
     loop = loop_for(kube, Clock())
-    loop.policy = lambda *_: Decision("retune", 1, 16, 2.0, "test", False, True, ())
+    loop.policy = lambda *_: made("retune", 1, 16, 2.0, False, True)
     await loop.tick()
     assert kube.touched == [(["m-a"], 2)]
 
@@ -329,7 +352,7 @@ async def test_propagation_not_seen_within_the_tick_is_reported_by_a_later_one()
         scrape=lambda targets: _scrape_now(kube, targets),
         propagation_timeout_s=0.6,
     )
-    retune = Decision("retune", 1, 4, 5.0, "test", False, True, ())
+    retune = made("retune", 1, 4, 5.0, False, True)
     loop.policy = lambda *_: retune
     result = await loop.tick()
     assert result is not None
@@ -357,7 +380,7 @@ async def test_a_spec_edit_between_decision_and_apply_wins() -> None:
     kube.edit_before_apply = edit
     clock = Clock()
     loop = loop_for(kube, clock)
-    scale = Decision("scale-up", 2, 8, 5.0, "test", True, False, ())
+    scale = made("scale-up", 2, 8, 5.0, True, False)
     loop.policy = lambda *_: scale
     await loop.tick()
     assert kube.status["tuned"]["replicas"] == 3
@@ -409,8 +432,8 @@ async def test_a_finished_rollout_to_a_new_template_restarts_the_service_history
     started(kube)
     clock = Clock()
     loop = loop_for(kube, clock)
-    loop.policy = lambda _obs, cur, *_: Decision(
-        "hold", cur.replicas, cur.max_batch_size, cur.max_wait_ms, "test", False, False, ()
+    loop.policy = lambda _obs, cur, *_: made(
+        "hold", cur.replicas, cur.max_batch_size, cur.max_wait_ms, False, False
     )
 
     async def window(batch_s: float) -> None:
@@ -443,8 +466,13 @@ async def test_a_new_loop_resumes_the_headroom_and_delay_an_earlier_one_learnt()
 
     def learnt(_obs: Any, cur: CurrentState, *_: Any) -> Decision:
         seen.append(cur)
-        return Decision(
-            *("hold", cur.replicas, cur.max_batch_size, cur.max_wait_ms, "t", False, False, ()),
+        return made(
+            "hold",
+            cur.replicas,
+            cur.max_batch_size,
+            cur.max_wait_ms,
+            False,
+            False,
             utilization_target=0.8,
             scale_down_delay_s=240.0,
         )
@@ -470,8 +498,13 @@ async def test_a_change_made_outside_the_loop_does_not_resume_the_old_memory() -
 
     def hold(_obs: Any, cur: CurrentState, *_: Any) -> Decision:
         seen.append(cur)  # and carries the memory over, as the policy's holds do
-        return Decision(
-            *("hold", cur.replicas, cur.max_batch_size, cur.max_wait_ms, "t", False, False, ()),
+        return made(
+            "hold",
+            cur.replicas,
+            cur.max_batch_size,
+            cur.max_wait_ms,
+            False,
+            False,
             utilization_target=cur.utilization_target,
             scale_down_delay_s=cur.scale_down_delay_s,
         )

@@ -27,7 +27,7 @@ from bench.loop.simulator import (
 )
 from bench.loop.traces import all_traces
 
-from batchpilot_operator.tuning import TuningSpec
+from batchpilot_operator.policy import TuningSpec
 from batchpilot_runtime.config import BatchingConfig
 
 # tokenise 1 ms + 0.1 ms/item, forward 10 ms + 2 ms/item

@@ -1,4 +1,4 @@
-"""Policy: each rule of decide() on constructed observations."""
+"""Policy: each rule of decide() on constructed observations, asserted by the rule that fired."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from batchpilot_operator.metrics import (
     ServicePoint,
     fit_service_time,
 )
-from batchpilot_operator.tuning import CurrentState, Decision, TuningSpec, _tapering, decide
+from batchpilot_operator.policy import CurrentState, Decision, Regime, Rule, TuningSpec, decide
+from batchpilot_operator.policy.stabilise import tapering
 
 # t(b) = 4 ms + 2 ms * b: with a 100 ms target, an 80% budget and a 10 ms wait,
 # 2*t(b) + 10 <= 80 ms -> b <= 15
@@ -110,7 +111,8 @@ def test_no_observation_holds() -> None:
     assert d.action == "hold"
     assert not d.replicas_changed
     assert not d.config_changed
-    assert "no metrics" in d.reason
+    assert (d.config_rule, d.replica_rule) == (Rule.NO_METRICS, Rule.NO_METRICS)
+    assert "no metrics" in d.reason  # the reason is built from the rule
     assert d.needed_replicas is None  # nothing sized
     d = decide(obs(paired=0), state(), SPEC, now=0.0)
     assert d.action == "hold"
@@ -118,22 +120,23 @@ def test_no_observation_holds() -> None:
 
 
 def test_service_model_picks_largest_batch_meeting_target_and_sizes_replicas() -> None:
-    # well inside, batches fill: additive increase, capped by the model at 15
-    d = decide(obs(rate=100, p95_ms=30, batch=60), state(max_batch_size=60), SPEC, now=0.0)
+    # well inside, batches fill: additive increase (14 + 2), capped by the model at 15
+    d = decide(obs(rate=100, p95_ms=30, batch=14), state(max_batch_size=14), SPEC, now=0.0)
     assert d.max_batch_size == 15
     assert d.max_wait_ms == 10.0
     assert d.config_changed
+    assert d.config_rule is Rule.MODEL_CAP
     assert "caps batch at 15" in d.reason
     # capacity per replica 15 / 34 ms = 441/s; 100/s at 75% -> 1 replica would do but
     # scaling down waits for the delay
     assert d.replicas == 2
-    assert "waiting" in d.reason
+    assert d.replica_rule is Rule.DOWN_WAITING
 
 
 def test_the_default_wait_is_the_specs_minimum() -> None:
     # no wait: the budget goes to the batch, 2*t(b) <= 80 ms -> b <= 18
     spec = replace(SPEC, wait_share=TuningSpec.wait_share)
-    d = decide(obs(rate=100, p95_ms=30, batch=60), state(max_batch_size=60), spec, now=0.0)
+    d = decide(obs(rate=100, p95_ms=30, batch=17), state(max_batch_size=17), spec, now=0.0)
     assert d.max_wait_ms == 0.0
     assert d.max_batch_size == 18
     floor = replace(spec, min_wait_ms=3.0)
@@ -142,7 +145,7 @@ def test_the_default_wait_is_the_specs_minimum() -> None:
     no_fit = decide(obs(p95_ms=80, fit=None), state(max_wait_ms=5.0), spec, now=0.0)
     assert no_fit.max_wait_ms == 0.0
     assert no_fit.config_changed
-    assert "wait 0 ms" in no_fit.reason
+    assert no_fit.config_rule is Rule.WAIT_SET
 
 
 def test_fast_scale_up_from_rate_and_queue() -> None:
@@ -151,8 +154,9 @@ def test_fast_scale_up_from_rate_and_queue() -> None:
     assert d.replicas == 8
     assert d.utilization_target == pytest.approx(0.7)  # p95 neither missed nor well inside
     assert d.action.startswith("scale-up")
+    assert d.replica_rule is Rule.SCALE_UP
+    assert Rule.SIZED_BY_MODEL in d.rules
     assert "queue 1500" in d.reason
-    assert d.reason
 
 
 def test_scale_up_is_capped_by_max_replicas() -> None:
@@ -166,7 +170,8 @@ def test_multiplicative_decrease_on_a_miss_without_overload() -> None:
     d = decide(obs(p95_ms=150, util=0.5, fit=None), cur, SPEC, now=0.0)
     assert d.max_batch_size == 14  # floor(20 * 0.7)
     assert d.max_wait_ms == pytest.approx(2.5)
-    assert "without overload, two windows in a row" in d.reason
+    assert d.regime is Regime.MISS
+    assert d.config_rule is Rule.BATCH_DECREASE
 
 
 def test_one_window_missing_without_overload_is_a_stall_not_a_config_problem() -> None:
@@ -176,7 +181,8 @@ def test_one_window_missing_without_overload_is_a_stall_not_a_config_problem() -
     assert (first.max_batch_size, first.max_wait_ms) == (20, 10.0)
     assert first.utilization_target == pytest.approx(0.7)
     assert first.replicas == 2
-    assert "config held unless the next window misses too" in first.reason
+    assert first.regime is Regime.STALL
+    assert first.config_rule is Rule.STALL
     # the next window within target: the stall is forgotten; a later miss starts over
     cur = first.next_state(cur, 0.0)
     inside = decide(obs(p95_ms=80, fit=None), cur, SPEC, now=SPEC.interval_s)
@@ -196,7 +202,8 @@ def test_a_miss_under_overload_adds_replicas_not_smaller_batches() -> None:
     )
     assert d.max_batch_size == 16
     assert d.replicas >= 3
-    assert "overload" in d.reason
+    assert d.regime is Regime.OVERLOAD
+    assert (d.config_rule, d.replica_rule) == (Rule.BATCH_KEPT, Rule.SCALE_UP)
 
 
 def test_a_starved_miss_keeps_the_batch_and_adds_a_replica_if_it_lasts() -> None:
@@ -208,22 +215,24 @@ def test_a_starved_miss_keeps_the_batch_and_adds_a_replica_if_it_lasts() -> None
     d = decide(starved, cur, SPEC, now=0.0)
     assert d.max_batch_size == 20
     assert d.replicas == 2  # one window: a stall, as likely as a shortage
-    assert "outside the batcher" in d.reason
-    assert "a replica only if the next window is starved too" in d.reason
+    assert Rule.STARVED_ONCE in d.rules
     assert d.last_overload == 0.0  # remembered: the next windows are its tail
     again = decide(starved, d.next_state(cur, 0.0), SPEC, now=SPEC.interval_s)
     assert again.max_batch_size == 20
     assert again.replicas == 3  # it lasted: one more
+    assert Rule.STARVED in again.rules
+    assert Rule.OVERLOAD_STEP in again.rules
     # the same p95 spent queueing for the batcher: the batch is what is slow
     queued = replace(base, queue_wait_p95_s=0.120)
     d = decide(queued, cur, SPEC, now=0.0)
     assert d.max_batch_size == 14
-    assert "outside the batcher" not in d.reason
+    assert not {Rule.STARVED, Rule.STARVED_ONCE} & set(d.rules)
 
 
 def test_additive_increase_only_when_batches_fill() -> None:
     full = decide(obs(p95_ms=30, batch=8, fit=None), state(max_batch_size=8), SPEC, now=0.0)
     assert full.max_batch_size == 10
+    assert full.config_rule is Rule.BATCH_INCREASE
     sparse = decide(obs(p95_ms=30, batch=3, fit=None), state(max_batch_size=8), SPEC, now=0.0)
     assert sparse.max_batch_size == 8
     middling = decide(obs(p95_ms=80, batch=8, fit=None), state(max_batch_size=8), SPEC, now=0.0)
@@ -233,8 +242,8 @@ def test_additive_increase_only_when_batches_fill() -> None:
 def test_config_not_yet_in_force_holds_the_config() -> None:
     d = decide(obs(p95_ms=150, generation=2, fit=None), state(generation=3), SPEC, now=0.0)
     assert not d.config_changed
-    assert "generation 3 not yet in force" in d.reason
-    assert "pods report 2" in d.reason
+    assert d.config_rule is Rule.CONFIG_PENDING
+    assert "generation 3 not yet in force (pods report 2)" in d.reason
 
 
 def test_config_pending_still_scales_up_but_never_down() -> None:
@@ -244,6 +253,7 @@ def test_config_pending_still_scales_up_but_never_down() -> None:
     cur = state(replicas=6, generation=3, recommendations=((-200.0, 1), (-100.0, 1)))
     down = decide(obs(rate=10, pods=6, generation=2), cur, SPEC, now=0.0)
     assert down.replicas == 6
+    assert down.replica_rule is Rule.DOWN_BLOCKED
     assert "pending" in down.reason
 
 
@@ -251,20 +261,21 @@ def test_too_few_samples_holds_the_config() -> None:
     d = decide(obs(p95_ms=400, samples=5, fit=None), state(max_batch_size=20), SPEC, now=0.0)
     assert d.max_batch_size == 20
     assert not d.config_changed
-    assert "only 5 latency samples" in d.reason
+    assert d.config_rule is Rule.FEW_SAMPLES
 
 
 def test_missing_pods_are_assumed_loaded_and_block_scale_down() -> None:
     # 2 of 4 pods answered with 600/s: 1200/s assumed
     cur = state(replicas=4)
     d = decide(obs(rate=600, pods=2, missing=2), cur, SPEC, now=0.0)
+    assert d.config_rule is Rule.PODS_UNOBSERVED
     assert "2 of 4 pods unobserved" in d.reason
     assert "arrivals 1200.0/s" in d.reason
     assert not d.config_changed
     low = replace(cur, recommendations=((-300.0, 1), (-150.0, 1)))
     d2 = decide(obs(rate=5, pods=2, missing=2), low, SPEC, now=0.0)
     assert d2.replicas == 4
-    assert "unobserved" in d2.reason
+    assert d2.replica_rule is Rule.DOWN_BLOCKED
 
 
 def run_ticks(
@@ -290,7 +301,7 @@ def test_scale_down_waits_for_the_delay_then_steps() -> None:
     assert max(steps) <= 2  # 25% of 8
     assert replicas == sorted(replicas, reverse=True)
     assert final.replicas < 8
-    assert "scale down" in decisions[first_down].reason
+    assert decisions[first_down].replica_rule is Rule.SCALE_DOWN
     # meanwhile the decisions say what the load needs, below what they keep
     assert all(d.needed_replicas == 1 for d in decisions[1:first_down])
 
@@ -299,7 +310,8 @@ def test_scale_down_goes_only_to_the_highest_recent_need() -> None:
     # 6 replicas; one burst at t=15 s needs 5 (no scale-up), then the load is low again
     rates = [50.0, 1400.0] + [50.0] * 14
     decisions, _ = run_ticks(rates, state(replicas=6))
-    assert "5 would do" in decisions[1].reason
+    assert decisions[1].needed_replicas == 5
+    assert decisions[1].replica_rule is Rule.DOWN_WAITING
     for i, d in enumerate(decisions):
         if i * SPEC.interval_s - 15.0 < SPEC.scale_down_delay_s:
             assert d.replicas >= 5, (i, d.reason)
@@ -320,12 +332,14 @@ def test_load_back_soon_after_a_scale_down_doubles_the_delay() -> None:
     decisions, cur = run_ticks(rates, state(replicas=4))
     down = next(i for i, d in enumerate(decisions) if d.replicas < 4)
     assert decisions[-1].replicas > decisions[-2].replicas
+    assert Rule.FLAP in decisions[-1].rules
     assert "scale-down delay 120 -> 240 s" in decisions[-1].reason
     assert cur.scale_down_delay_s == 240.0
     # the next scale-down waits 240 s of low load, not 120
     after, cur = run_ticks([50.0] * 20, cur, start=len(rates) * SPEC.interval_s)
     first_down = next(i for i, d in enumerate(after) if d.replicas < decisions[-1].replicas)
     assert (first_down + 1) * SPEC.interval_s >= 240.0
+    assert after[first_down].replica_rule is Rule.SCALE_DOWN
     assert "load low for 240 s" in after[first_down].reason
     assert down * SPEC.interval_s >= 120.0
 
@@ -354,16 +368,17 @@ def test_a_need_falling_steadily_is_followed_after_a_share_of_the_delay() -> Non
     d = after_needs([8, 8, 8, 7, 7, 6, 6, 5, 5], rate=1300.0)
     assert d.recommendations[-1][1] == 5
     assert d.replicas == 6
-    assert "need falling steadily for 120 s: scale down to 6" in d.reason
+    assert d.replica_rule is Rule.TAPER
     # noise on the way down that stays below where the delay began still tapers
     noisy = after_needs([8, 8, 8, 7, 8, 7, 6, 6, 5], rate=1300.0)
     assert noisy.replicas == 6
-    assert "need falling steadily" in noisy.reason
+    assert noisy.replica_rule is Rule.TAPER
     # already at 6: the last 30 s is what holds it
     needs = [8, 8, 8, 7, 7, 6, 6, 6, 6]
     recent = tuple(zip(range(-135, 0, 15), needs, strict=True))
     held = decide(obs(rate=1300.0, pods=6), state(replicas=6, recommendations=recent), SPEC, 0.0)
     assert held.replicas == 6
+    assert held.replica_rule is Rule.DOWN_HELD
     assert "highest need in the last 30 s is 6" in held.reason
 
 
@@ -381,17 +396,17 @@ def test_a_need_that_did_not_fall_steadily_waits_the_whole_delay(
     # the highest need of the whole delay (the 120 s before now), not of its last 30 s
     d = after_needs(needs, rate=1300.0)
     assert d.replicas == replicas, why
-    assert "falling steadily" not in d.reason
+    assert Rule.TAPER not in d.rules
 
 
 def test_a_steady_fall_is_relative_to_the_count() -> None:
     # 50 replicas may shed 5 a tick and still taper; 6 at once is a cliff.
-    assert _tapering([50, 45, 41, 37], 0.1)
-    assert not _tapering([50, 44, 41, 37], 0.1)
-    assert _tapering([3, 2, 1], 0.1)
-    assert not _tapering([3, 1], 0.1)
-    assert _tapering([10, 9, 10, 9, 8], 0.1)  # back up, never above the start
-    assert not _tapering([9, 10, 9, 8, 7], 0.1)  # above the start: a plateau's noise
+    assert tapering([50, 45, 41, 37], 0.1)
+    assert not tapering([50, 44, 41, 37], 0.1)
+    assert tapering([3, 2, 1], 0.1)
+    assert not tapering([3, 1], 0.1)
+    assert tapering([10, 9, 10, 9, 8], 0.1)  # back up, never above the start
+    assert not tapering([9, 10, 9, 8, 7], 0.1)  # above the start: a plateau's noise
 
 
 def test_bounds_are_always_respected() -> None:
@@ -407,7 +422,7 @@ def test_bounds_are_always_respected() -> None:
     # current config out of the (new) bounds: pulled in even while holding
     d = decide(None, state(replicas=9, max_batch_size=40, max_wait_ms=50.0), spec, now=0.0)
     assert (d.replicas, d.max_batch_size, d.max_wait_ms) == (5, 12, 4.0)
-    assert "bounds" in d.reason
+    assert d.config_rule is Rule.BOUNDS
     for o in (
         obs(rate=1, p95_ms=5, batch=12),
         obs(rate=50_000, p95_ms=900, util=1.0),
@@ -492,7 +507,8 @@ def test_a_miss_right_after_a_scale_up_is_backlog_not_batch_size() -> None:
     cur = state(max_batch_size=16, last_scale_up=-10.0)
     d = decide(obs(p95_ms=400, util=0.4), cur, SPEC, now=0.0)
     assert d.max_batch_size == 16
-    assert "overload" in d.reason
+    assert d.regime is Regime.OVERLOAD
+    assert Rule.BACKLOG in d.rules
 
 
 def test_a_miss_under_overload_keeps_the_headroom_and_waits_for_a_recent_scale_up() -> None:
@@ -517,7 +533,7 @@ def test_no_demand_scales_down_even_when_a_replica_capacity_is_unknown() -> None
         d = decide(idle, cur, SPEC, now=k * SPEC.interval_s)
         cur = d.next_state(cur, k * SPEC.interval_s)
         decisions.append(d)
-    assert "no demand" in decisions[0].reason
+    assert Rule.NO_DEMAND in decisions[0].rules
     first_down = next(i for i, d in enumerate(decisions) if d.replicas < 2)
     assert first_down * SPEC.interval_s >= SPEC.scale_down_delay_s  # the delay still holds
     assert cur.replicas == 1
@@ -539,13 +555,13 @@ def test_a_miss_in_the_tail_of_a_backlog_is_overload_and_is_remembered() -> None
     tail = decide(drained, cur, SPEC, now=SPEC.interval_s)
     assert (tail.max_batch_size, tail.utilization_target) == (16, pytest.approx(0.7))
     assert tail.replicas <= cur.replicas
-    assert "overload" in tail.reason
+    assert tail.regime is Regime.OVERLOAD
     # a window plus a p95 after the overload, a miss without it (two windows in a row)
     # shrinks the batch again
     cur = replace(tail.next_state(cur, SPEC.interval_s), last_miss=35.0)
     late = decide(obs(p95_ms=400, util=0.5), cur, SPEC, now=50.0)  # scale-up 50 s ago too
     assert late.max_batch_size < 16
-    assert "without overload" in late.reason
+    assert late.regime is Regime.MISS
     # a hold (no metrics) keeps the loop's memory
     held = decide(None, cur, SPEC, now=20.0).next_state(cur, 20.0)
     assert (held.last_overload, held.utilization_target) == (0.0, cur.utilization_target)
@@ -556,7 +572,7 @@ def test_a_window_that_began_under_the_previous_config_is_not_judged() -> None:
     missed = obs(p95_ms=150, util=0.5, fit=None)
     early = decide(missed, cur, SPEC, now=0.0)  # the window began before the change
     assert (early.max_batch_size, early.utilization_target) == (20, pytest.approx(0.7))
-    assert "not judged" in early.reason
+    assert early.config_rule is Rule.WINDOW_MIXED
     late = decide(missed, cur, SPEC, now=2 * SPEC.interval_s - 10.0)  # a whole window after
     assert late.max_batch_size == 20  # the first judged miss waits for a second
     late = decide(missed, late.next_state(cur, 20.0), SPEC, now=20.0 + SPEC.interval_s)
@@ -570,7 +586,7 @@ def test_without_a_fit_the_busy_share_scales_up_only_when_batches_fill_or_pods_s
     sparse = obs(rate=100, batch=2.0, util=0.8, fit=None)
     d = decide(sparse, state(replicas=2, max_batch_size=8), SPEC, now=0.0)
     assert d.replicas == 2
-    assert "lower bound" in d.reason
+    assert d.replica_rule is Rule.LOWER_BOUND
     # batches of one item (a model that does not batch): the busy share is exact
     single = obs(rate=100, batch=1.0, util=0.8, fit=None)
     up = decide(single, state(replicas=2, max_batch_size=1), SPEC, now=0.0)
@@ -593,7 +609,7 @@ def test_no_extra_replica_while_the_queue_drains() -> None:
     d = decide(draining, state(replicas=4, utilization_target=0.7), SPEC, now=0.0)
     # the fit gives 400/s per pod at batch 8: demand 800 + 300/30 s -> 3 at 70% busy
     assert d.replicas == 4
-    assert "at least one more" not in d.reason
+    assert Rule.OVERLOAD_STEP not in d.rules
     growing = replace(draining, throughput=700.0)
     assert decide(growing, state(replicas=4, utilization_target=0.7), SPEC, now=0.0).replicas == 5
 
@@ -605,12 +621,54 @@ def test_no_extra_replica_for_the_tail_of_a_backlog_already_paid() -> None:
     tail = replace(obs(rate=100, p95_ms=1200, util=0.5, fit=None, pods=6), queue_wait_p95_s=0.01)
     cur = state(replicas=6, max_batch_size=20, last_overload=-SPEC.interval_s)
     d = decide(tail, cur, SPEC, now=0.0)
-    assert "outside the batcher" in d.reason
+    assert Rule.STARVED in d.rules
     assert d.needed_replicas == 5  # 6 x 0.5 / 0.7 busy
     assert d.replicas == 6  # held by the scale-down delay, and no seventh on top
-    assert "at least one more" not in d.reason
+    assert Rule.OVERLOAD_STEP not in d.rules
     # the same miss when the demand needs every replica that runs: one more
     busy = replace(tail, utilization=0.65)  # 6 x 0.65 / 0.7 busy: all 6 needed
     d = decide(busy, cur, SPEC, now=0.0)
     assert d.replicas == 7
-    assert "at least one more" in d.reason
+    assert Rule.OVERLOAD_STEP in d.rules
+
+
+def test_the_measured_p95_outranks_the_model() -> None:
+    # a fit inflated by a noisy neighbour (t(b) = 4 + 12*b ms: 2*t(b) <= 80 gives b <= 2,
+    # 71/s per replica) while the pods answer well within target
+    slow = fit_service_time([ServicePoint(b, 0.004 + 0.012 * b, 50) for b in (2, 8, 16, 24)])
+    cur = state(max_batch_size=32)
+    # 2 replicas at batch 2 would carry 100/s at 70% busy, not 200/s: the batch is kept
+    within = decide(obs(rate=200, p95_ms=70, batch=4, fit=slow), cur, SPEC, now=0.0)
+    assert within.regime is Regime.WITHIN
+    assert within.config_rule is Rule.MODEL_OVERRULED
+    assert within.max_batch_size == 32
+    slack = decide(obs(rate=200, p95_ms=20, batch=30, fit=slow), cur, SPEC, now=0.0)
+    assert (slack.config_rule, slack.max_batch_size) == (Rule.MODEL_OVERRULED, 32)
+    # a cut that leaves the capacity the load needs costs nothing: the model may make it
+    light = decide(obs(rate=50, p95_ms=70, batch=4, fit=slow), cur, SPEC, now=0.0)
+    assert (light.config_rule, light.max_batch_size) == (Rule.MODEL_CAP, 2)
+    # a measured miss lets the model speak whatever the load
+    missed = decide(
+        obs(rate=200, p95_ms=150, fit=slow), replace(cur, last_miss=-SPEC.interval_s), SPEC, 0.0
+    )
+    assert missed.regime is Regime.MISS
+    assert (missed.config_rule, missed.max_batch_size) == (Rule.MODEL_CAP, 2)
+    # within target, the model still bounds an increase
+    grow = decide(obs(p95_ms=20, batch=14), state(max_batch_size=14), SPEC, now=0.0)
+    assert (grow.config_rule, grow.max_batch_size) == (Rule.MODEL_CAP, 15)
+
+
+def test_every_regime_is_named_by_the_rule_that_classified_it() -> None:
+    cases = {
+        Regime.SLACK: (obs(p95_ms=20), state()),
+        Regime.WITHIN: (obs(p95_ms=80), state()),
+        Regime.STALL: (obs(p95_ms=150, util=0.5), state()),
+        Regime.MISS: (obs(p95_ms=150, util=0.5), state(last_miss=-SPEC.interval_s)),
+        Regime.OVERLOAD: (obs(p95_ms=150, util=0.95), state()),
+        Regime.UNJUDGED: (obs(p95_ms=150, samples=3), state()),
+        Regime.IDLE: (obs(rate=0.0, p95_ms=None, samples=0), state()),
+    }
+    for regime, (o, cur) in cases.items():
+        d = decide(o, cur, SPEC, now=0.0)
+        assert d.regime is regime, (regime, d.rules)
+        assert all(r.stage.value in {"evidence", "regime", "plan", "stabilise"} for r in d.rules)

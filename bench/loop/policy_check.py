@@ -1,0 +1,252 @@
+"""The loop's policy on its own: the benchmark traces and a disturbed steady load.
+
+Runs only what a change to ``policy.decide`` moves (the baselines of ``bench.loop.run`` do
+not depend on it), so that a policy change is measured before and after in minutes:
+
+* ``traces``: batchpilot, and batchpilot with the trace's ``minReplicas`` floor kept in
+  ``bench/results/loop.json``, on the four load traces at several seeds;
+* ``disturbed``: a steady load while every replica slows down (service time doubled for a
+  minute; short slow spells every 15 s; both), the loop against holding the config it
+  starts from. The loop should serve at least the hold's share within target, at no more
+  replica-seconds than it needs for that.
+
+    python -m bench.loop.policy_check --name policy-before   # full traces, seeds 1-3
+    python -m bench.loop.policy_check --quick --name policy-before-quick
+    python -m bench.loop.policy_check --compare policy-before policy-after
+
+Writes ``bench/results/<name>.json``; ``--compare`` prints the table of two such files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.loop import traces
+from bench.loop.policies import BatchpilotPolicy, StaticPolicy
+from bench.loop.run import HERE, RESULTS, Setup, start_replicas
+from bench.loop.simulator import (
+    ClusterSettings,
+    Disturbance,
+    Trace,
+    run_virtual,
+    simulate,
+)
+
+from batchpilot_operator.policy import TuningSpec
+from batchpilot_runtime.config import BatchingConfig
+
+DISTURBANCES = {
+    "doubling": Disturbance(((120.0, 180.0, 2.0),)),
+    "spells": Disturbance(tuple((t, t + 2.0, 3.0) for t in range(60, 300, 15))),
+    "both": Disturbance(((120.0, 180.0, 2.0), *((t, t + 2.0, 3.0) for t in range(60, 300, 15)))),
+}
+"""Named slow spells: ``(start_s, end_s, factor)`` on every replica's service time."""
+STEADY_S = 300.0
+STEADY_SHARES = (0.3, 0.5)
+"""The disturbed runs' steady rates, as shares of the peak."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One simulated run: a trace or a disturbed steady load, under one policy."""
+
+    trace: str
+    policy: str  # batchpilot | batchpilot-floor | hold
+    seed: int
+    floor: int = 0
+    disturbance: str = ""
+    rate: float = 0.0
+    """The steady rate of a disturbed run."""
+
+
+@dataclass
+class Outcome:
+    run: Run
+    requests: int
+    within: float
+    p95_ms: float
+    replica_seconds: float
+    decisions: int
+    wall_s: float
+
+
+def _steady(rate: float) -> Trace:
+    return Trace(f"steady-{rate:g}", STEADY_S, lambda _t: rate, rate)
+
+
+def _floors() -> dict[str, int]:
+    """The floors ``bench.loop.run`` kept per trace (its batchpilot-floor rows)."""
+    rows = json.loads((RESULTS / "loop.json").read_text())["rows"]
+    return {r["trace"]: r["floor"] for r in rows if r["policy"] == "batchpilot-floor"}
+
+
+def execute(setup: Setup, run: Run, overrides: tuple[tuple[str, float], ...] = ()) -> Outcome:
+    """Simulate one run (in a worker process); ``overrides`` set policy constants."""
+    profile = setup.profile()
+    trace = _steady(run.rate) if run.disturbance else setup.trace(run.trace)
+    start = start_replicas(setup, trace, profile)
+    spec = TuningSpec(**{**asdict(setup.spec()), **dict(overrides)})
+    if run.policy == "batchpilot-floor":
+        spec = TuningSpec(**{**asdict(spec), "min_replicas": run.floor})
+        start = max(start, run.floor)
+    config = BatchingConfig()
+    policy: Any
+    if run.policy == "hold":
+        policy = StaticPolicy(start, config.model_copy(update={"generation": 1}))
+    else:
+        policy = BatchpilotPolicy(spec, start_replicas=start, start_config=config)
+    settings = ClusterSettings(
+        startup_s=setup.startup_s,
+        config_delay_s=setup.config_delay_s,
+        disturbance=DISTURBANCES[run.disturbance] if run.disturbance else None,
+        seed=run.seed,
+    )
+    t0 = time.perf_counter()
+    res = run_virtual(
+        simulate(
+            trace,
+            policy,
+            profile,
+            target_s=setup.target_ms / 1000,
+            settings=settings,
+            seed=run.seed,
+        )
+    )
+    return Outcome(
+        run=run,
+        requests=res.requests,
+        within=res.within,
+        p95_ms=res.quantile(0.95) * 1e3,
+        replica_seconds=res.replica_seconds,
+        decisions=len(res.decisions),
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def plan(setup: Setup, seeds: list[int]) -> list[Run]:
+    """Every run of one check."""
+    floors = _floors()
+    names = [t.name for t in traces.all_traces(setup.peak, setup.duration_s)]
+    runs = [Run(n, "batchpilot", s) for n in names for s in seeds]
+    runs += [Run(n, "batchpilot-floor", s, floor=floors[n]) for n in names for s in seeds]
+    for share in STEADY_SHARES:
+        rate = share * setup.peak
+        for d in DISTURBANCES:
+            for policy in ("batchpilot", "hold"):
+                runs += [
+                    Run(f"steady-{rate:g}", policy, s, disturbance=d, rate=rate) for s in seeds
+                ]
+    return runs
+
+
+def _key(o: dict[str, Any]) -> tuple[str, str, str, int]:
+    r = o["run"]
+    return (r["trace"], r["disturbance"], r["policy"], r["seed"])
+
+
+def compare(before: Path, after: Path) -> str:
+    """A Markdown table: each run's share within target and replica-seconds, before/after."""
+    a = {_key(o): o for o in json.loads(before.read_text())["outcomes"]}
+    b = {_key(o): o for o in json.loads(after.read_text())["outcomes"]}
+    lines = [
+        "| trace | disturbance | policy | seed | within before | after | replica-s before |"
+        " after |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for key in sorted(a.keys() & b.keys()):
+        x, y = a[key], b[key]
+        lines.append(
+            f"| {key[0]} | {key[1] or '-'} | {key[2]} | {key[3]} | {x['within']:.2%} |"
+            f" {y['within']:.2%} | {x['replica_seconds']:.0f} | {y['replica_seconds']:.0f} |"
+        )
+        if key[2] != "hold":
+            totals = [
+                totals[0] + x["within"],
+                totals[1] + y["within"],
+                totals[2] + x["replica_seconds"],
+                totals[3] + y["replica_seconds"],
+            ]
+    n = sum(1 for k in a.keys() & b.keys() if k[2] != "hold")
+    if n:
+        lines.append(
+            f"| mean of the loop's runs | | | | {totals[0] / n:.2%} | {totals[1] / n:.2%} |"
+            f" {totals[2] / n:.0f} | {totals[3] / n:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="240 s traces, one seed")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--name", default="policy")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a policy constant of TuningSpec (repeatable): how a rule is switched off for"
+        " the ablation, e.g. --set max_delay_factor=1 (no flap rule)",
+    )
+    args = parser.parse_args()
+    if args.compare:
+        print(compare(*(RESULTS / f"{n}.json" for n in args.compare)))
+        return
+    setup = Setup(
+        profile_path=os.path.relpath(HERE / "service_profile.json"),
+        served_path=os.path.relpath(HERE / "served.json"),
+        target_ms=250.0,
+        peak=500.0,
+        duration_s=240.0 if args.quick else 540.0,
+        min_replicas=2,
+        max_replicas=8,
+        startup_s=10.0,
+        config_delay_s=(2.0, 10.0),
+        interval_s=5.0,
+        scale_down_delay_s=120.0,
+        seed=1,
+    )
+    seeds = [1] if args.quick else [int(s) for s in args.seeds.split(",")]
+    runs = plan(setup, seeds)
+    if args.set:
+        runs = [r for r in runs if r.policy != "hold"]  # the constants do not move a hold
+    overrides = tuple((k, float(v)) for k, v in (item.split("=", 1) for item in args.set))
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        outcomes = list(pool.map(partial(execute, setup, overrides=overrides), runs))
+    elapsed = time.perf_counter() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{args.name}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "setup": asdict(setup),
+                "outcomes": [asdict(o) for o in outcomes],
+                "elapsed_s": elapsed,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    for o in outcomes:
+        r = o.run
+        print(
+            f"{r.trace:12} {r.disturbance or '-':9} {r.policy:17} seed {r.seed}:"
+            f" {o.within:7.2%} within, {o.replica_seconds:5.0f} replica-s"
+        )
+    print(f"{len(runs)} runs in {elapsed:.0f} s -> {path}")
+
+
+if __name__ == "__main__":
+    main()
