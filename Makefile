@@ -44,7 +44,7 @@ test-unit: install ## Run the tests that need neither the cluster nor a model
 lint: install ## ruff, mypy --strict, hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy runtime/batchpilot_runtime operator/batchpilot_operator cluster/batchpilot_localcluster bench
+	$(VENV)/bin/mypy contract/batchpilot_contract runtime/batchpilot_runtime operator/batchpilot_operator cluster/batchpilot_localcluster bench
 	$(VENV)/bin/hadolint runtime/Dockerfile operator/Dockerfile
 
 fmt: install ## Format the code with ruff
