@@ -28,6 +28,10 @@ def configmap_name(name: str) -> str:
     return f"{name}{CONFIGMAP_SUFFIX}"
 
 
+_UNSET: Any = object()
+"""Marks an argument of :meth:`Knob.field` left out (``None`` is a default of its own)."""
+
+
 @dataclass(frozen=True)
 class Knob:
     """One field of the batching config: its default and bounds, declared once.
@@ -53,12 +57,12 @@ class Knob:
         low = "gt" if self.exclusive_minimum else "ge"
         return {low: self.minimum, "le": self.maximum}
 
-    def field(self, *, default: Any = None, description: str | None = None, **extra: Any) -> Any:
+    def field(self, *, default: Any = _UNSET, description: str | None = None, **extra: Any) -> Any:
         """A pydantic ``Field`` with these bounds; the default and description are this
         knob's unless given (a bound of another field, such as an autoscaling range, takes
         its own default)."""
         kwargs: dict[str, Any] = {
-            "default": self.default if default is None else default,
+            "default": self.default if default is _UNSET else default,
             "description": self.description if description is None else description,
             **self.bounds(),
             **extra,
