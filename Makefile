@@ -15,13 +15,17 @@ export TRANSFORMERS_OFFLINE := 1
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
+# The workspace: the root project pulls in the four distributions (contract, runtime,
+# operator, local cluster) as editable installs from their folders ([tool.uv.sources]).
+DISTRIBUTIONS := contract runtime operator cluster
+
+$(VENV)/.installed: pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@test -x $(VENV)/bin/uv || $(VENV)/bin/pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'
 	@touch $@
 
-install: $(VENV)/.installed ## Create .venv with the dev extra (quick when already done)
+install: $(VENV)/.installed ## Create .venv: every distribution, editable, and the dev tools (quick when already done)
 
 binaries: ## Build the local cluster's binaries from Go modules (cached in $BATCHPILOT_HOME)
 	@bash cluster/build-binaries.sh
@@ -44,7 +48,7 @@ test-unit: install ## Run the tests that need neither the cluster nor a model
 lint: install ## ruff, mypy --strict, hadolint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy runtime/batchpilot_runtime operator/batchpilot_operator cluster/batchpilot_localcluster bench
+	$(VENV)/bin/mypy contract/batchpilot_contract runtime/batchpilot_runtime operator/batchpilot_operator cluster/batchpilot_localcluster bench
 	$(VENV)/bin/hadolint runtime/Dockerfile operator/Dockerfile
 
 fmt: install ## Format the code with ruff

@@ -38,6 +38,6 @@ if ! "$PYTHON" -c 'import fastapi, uvicorn, pydantic' 2>/dev/null; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}runtime:operator:cluster:."
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}contract:runtime:operator:cluster:."
 export HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 "$PYTHON" -m bench.gpu.check --bundle "$BUNDLE" --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu-check.log"

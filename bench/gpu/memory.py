@@ -22,10 +22,10 @@ import torch
 from bench.gpu.boundary import Boundary, CudaBoundary, FakeBoundary, peak_of
 from bench.gpu.common import ONE_TOKEN_WORDS, Checks, Context, Json
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_runtime.backends import EmbeddingOutput, embedding_kind
 from batchpilot_runtime.backends.hf import MEMORY_HEADROOM, TransformersModel
 from batchpilot_runtime.batcher import Batch, Batcher, OutOfMemory
-from batchpilot_runtime.config import BatchingConfig
 
 DRY_RUN_FIGURES = {"total": 10_000_000, "weights": 1_000, "per_item": 1_000}
 """The dry run's modelled device: 10 MB, 1 kB of weights, 1 kB per longest input."""

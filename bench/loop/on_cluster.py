@@ -35,6 +35,9 @@ from bench.loop import traces as shapes
 from bench.loop.policies import BatchpilotPolicy, StaticPolicy
 from bench.loop.simulator import ClusterSettings, ServiceProfile, Trace, run_virtual, simulate
 
+from batchpilot_contract.batching import BatchingConfig
+from batchpilot_contract.labels import instance_selector
+from batchpilot_contract.pod import PORT
 from batchpilot_localcluster.cluster import LocalCluster
 from batchpilot_localcluster.scenario import (
     REPO,
@@ -48,7 +51,6 @@ from batchpilot_localcluster.scenario import (
 from batchpilot_localcluster.waits import wait_for
 from batchpilot_operator.policy import TuningSpec
 from batchpilot_runtime.backends.emulated import Profile, load_profile
-from batchpilot_runtime.config import BatchingConfig
 
 OUT = REPO / "bench" / "results"
 NAMESPACE = "batchpilot-bench"
@@ -57,7 +59,7 @@ TARGET_MS = 150.0
 INTERVAL_S = 5
 SCALE_DOWN_DELAY_S = 30
 MAX_REPLICAS = 6
-START = BatchingConfig(maxBatchSize=16, maxWaitMs=5)
+START = BatchingConfig(max_batch_size=16, max_wait_ms=5)
 STATIC_BATCH = 8
 """The batch whose ``2 t(b)`` fits the target's latency budget on this profile."""
 
@@ -120,7 +122,7 @@ class Watch:
 
 
 def watch(cluster: LocalCluster, name: str, t0: float, stop: threading.Event, into: Watch) -> None:
-    selector = f"app.kubernetes.io/instance={name}"
+    selector = instance_selector(name)
     while not stop.is_set():
         now = time.monotonic() - t0
         seen = set()
@@ -209,7 +211,7 @@ def cluster_run(cluster: LocalCluster, trace: Trace, policy: str, peak: float) -
         watcher.join()
     cluster.kubectl("-n", NAMESPACE, "delete", "bm", name, "--wait", timeout=180)
     wait_for(
-        lambda: not cluster.pods(NAMESPACE, f"app.kubernetes.io/instance={name}"),
+        lambda: not cluster.pods(NAMESPACE, instance_selector(name)),
         timeout=120,
         what=f"{name}'s pods to go",
     )
@@ -263,7 +265,7 @@ def _chains(seen: Watch, result: ScenarioResult) -> list[dict[str, float]]:
             if o.status == 200
             and o.sent_at >= pod.created
             and pod.ip
-            and o.endpoint.endswith(f"//{pod.ip}:8080")
+            and o.endpoint.endswith(f"//{pod.ip}:{PORT}")
         ]
         chain = {
             "pod_object": pod.created - wrote,
@@ -301,7 +303,7 @@ def simulator_run(
     )
     chosen: Any
     if policy == "static":
-        config = BatchingConfig(maxBatchSize=STATIC_BATCH, maxWaitMs=0)
+        config = BatchingConfig(max_batch_size=STATIC_BATCH, max_wait_ms=0)
         chosen = StaticPolicy(static_replicas(profile, peak), config)
     else:
         chosen = BatchpilotPolicy(spec, start_replicas=1, start_config=START)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from bench.loop.simulator import Cluster
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator.metrics import Scrape, ServiceHistory, observe, parse_metrics
 from batchpilot_operator.policy import CurrentState, TuningSpec, decide
-from batchpilot_runtime.config import BatchingConfig
 
 
 @dataclass

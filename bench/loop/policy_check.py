@@ -40,8 +40,8 @@ from bench.loop.simulator import (
     simulate,
 )
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator.policy import TuningSpec
-from batchpilot_runtime.config import BatchingConfig
 
 DISTURBANCES = {
     "doubling": Disturbance(((120.0, 180.0, 2.0),)),

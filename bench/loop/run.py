@@ -52,8 +52,8 @@ from bench.loop.simulator import (
     simulate,
 )
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator.policy import TuningSpec
-from batchpilot_runtime.config import BatchingConfig
 
 HERE = Path(__file__).parent
 RESULTS = HERE.parent / "results"
@@ -170,7 +170,7 @@ def run_job(setup: Setup, job: Job) -> Summary:
     trace = setup.trace(job.trace)
     seed = job.seed or setup.seed
     start = start_replicas(setup, trace, profile)
-    config = BatchingConfig(maxBatchSize=job.max_batch, maxWaitMs=job.wait_ms)
+    config = BatchingConfig(max_batch_size=job.max_batch, max_wait_ms=job.wait_ms)
     policy: Any
     if job.policy == "batchpilot":
         policy = BatchpilotPolicy(setup.spec(), start_replicas=start)
@@ -397,7 +397,7 @@ def static_replicas(setup: Setup, max_batch: int, wait_ms: float) -> int:
         res = run_virtual(
             simulate(
                 trace,
-                StaticPolicy(n, BatchingConfig(maxBatchSize=max_batch, maxWaitMs=wait_ms)),
+                StaticPolicy(n, BatchingConfig(max_batch_size=max_batch, max_wait_ms=wait_ms)),
                 profile,
                 target_s=setup.target_ms / 1000,
                 seed=setup.seed,

@@ -30,8 +30,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_runtime.batcher import Batch, Batcher, DeadlineExceeded, QueueFull
-from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.telemetry import Telemetry
 
 T = TypeVar("T")

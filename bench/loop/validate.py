@@ -50,8 +50,8 @@ from bench.loop.profile import SENTENCES, load_runtime_model, texts_for
 from bench.loop.recorded_server import Record, line_count, read_requests, read_stages, record_stages
 from bench.loop.simulator import ClusterSettings, ServiceProfile, Trace, run_virtual, simulate
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_runtime.batcher import Batcher
-from batchpilot_runtime.config import BatchingConfig
 
 HERE = Path(__file__).parent
 
@@ -432,7 +432,7 @@ def main() -> None:
         "--out", type=Path, default=HERE.parent / "results" / "loop.validation.json"
     )
     args = parser.parse_args()
-    config = BatchingConfig(maxBatchSize=args.max_batch, maxWaitMs=args.wait_ms)
+    config = BatchingConfig(max_batch_size=args.max_batch, max_wait_ms=args.wait_ms)
     profile = ServiceProfile.load(args.profile)
     server = None
     model = None

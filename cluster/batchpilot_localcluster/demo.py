@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from batchpilot_contract.labels import instance_selector
 from batchpilot_localcluster.cluster import LocalCluster
 from batchpilot_localcluster.demo_view import DemoPart, Phase, View, plot, summarize
 from batchpilot_localcluster.loadgen import ramps, steps
@@ -119,7 +120,7 @@ def set_up(cluster: LocalCluster, parts: Sequence[DemoPart]) -> None:
         if get_model(cluster, NAMESPACE, part.name) is not None:
             say(f"removing the previous demo's {part.name} ...")
             cluster.kubectl("-n", NAMESPACE, "delete", "bm", part.name, "--wait", timeout=180)
-            selector = f"app.kubernetes.io/instance={part.name}"
+            selector = instance_selector(part.name)
             wait_for(
                 partial(pods_gone, cluster, selector),
                 timeout=120,

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 JSON = dict[str, Any]
 
 ANY_ADDRESS = "0.0.0.0"
-HOST_ENV = "BATCHPILOT_HOST"
 
 _PATH_CHAR = r"[\w.\-/]"
 _FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchpilot_contract.pod import HOST_ENV
 from batchpilot_localcluster.containers import Backoff, ContainerRunner, Launch, rfc3339
 from batchpilot_localcluster.images import ImageMap, resolve_executable, scripts_dir
 from batchpilot_localcluster.ipam import IPAllocator, ports_free
 from batchpilot_localcluster.kubeapi import ApiError, KubeAPI
 from batchpilot_localcluster.podspec import (
-    HOST_ENV,
     ContainerConfigError,
     container_argv,
     container_env,

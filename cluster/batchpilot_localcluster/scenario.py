@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from batchpilot_contract.pod import env_name
 from batchpilot_localcluster.cluster import LocalCluster
 from batchpilot_localcluster.loadgen import LoadReport, Outcome, RateSchedule, run_load
 from batchpilot_localcluster.waits import wait_for
@@ -81,7 +82,7 @@ def local_model(
         {
             "metadata": {"name": name},
             "spec": {
-                "env": [{"name": "BATCHPILOT_THREADS", "value": "1"}],
+                "env": [{"name": env_name("threads"), "value": "1"}],
                 "autoscaling": {
                     "minReplicas": 1,
                     "maxReplicas": max_replicas,

@@ -18,6 +18,8 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
+from batchpilot_contract.pod import HOST_ENV
+
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The operator's flags, with defaults from ``env`` (default ``os.environ``)."""
@@ -40,7 +42,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     parser.add_argument(
         "--liveness",
         default=env.get("BATCHPILOT_LIVENESS")
-        or f"http://{env.get('BATCHPILOT_HOST') or '0.0.0.0'}:8081/healthz",
+        or f"http://{env.get(HOST_ENV) or '0.0.0.0'}:8081/healthz",
         metavar="URL",
         help="serve kopf's liveness probe here ('' to disable; default: BATCHPILOT_LIVENESS, "
         "else port 8081 on BATCHPILOT_HOST, else on every interface)",

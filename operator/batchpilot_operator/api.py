@@ -23,15 +23,11 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
-from batchpilot_runtime.config import (
-    MAX_BATCH_SIZE_LIMIT,
-    MAX_QUEUE_LIMIT,
-    MAX_WAIT_MS_LIMIT,
-    REQUEST_TIMEOUT_MS_LIMIT,
-    BatchingConfig,
-)
+from batchpilot_contract import batching, pod
+from batchpilot_contract.batching import BatchingConfig
+from batchpilot_contract.labels import DOMAIN
 
-GROUP = "batchpilot.dev"
+GROUP = DOMAIN
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "BatchedModel"
@@ -70,35 +66,26 @@ RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
-RUNTIME_TUNING_ENV = (
-    "BATCHPILOT_THREADS",
-    "BATCHPILOT_PIPELINE_DEPTH",
-    "BATCHPILOT_NORMALIZE",
-    "BATCHPILOT_MAX_BODY_BYTES",
-    "BATCHPILOT_MAX_INPUTS",
-    "BATCHPILOT_MAX_INPUT_CHARS",
-    "BATCHPILOT_RELOAD_INTERVAL",
-    "BATCHPILOT_LOG_LEVEL",
-)
+RUNTIME_TUNING_ENV = pod.TUNING_ENV
 """The runtime settings ``spec.env`` may set: tuning knobs that no spec field controls.
 
 Every other ``BATCHPILOT_`` name is reserved: the operator sets it from the spec (or passes it
 as a flag), and a copy in ``spec.env`` would get round a policy that checks the spec's field,
 such as ``trustRemoteCode``."""
 
-RESERVED_ENV = ("HF_MODULES_CACHE",)
+RESERVED_ENV = (pod.HF_MODULES_CACHE_ENV,)
 """Reserved names outside the ``BATCHPILOT_`` prefix that the operator sets."""
 
 RESERVED_ENV_MESSAGE = (
     "is reserved for the operator, which sets the runtime's settings from the spec: "
-    f"{', '.join(RESERVED_ENV)} and every BATCHPILOT_ name except the tuning knobs "
+    f"{', '.join(RESERVED_ENV)} and every {pod.ENV_PREFIX} name except the tuning knobs "
     f"{', '.join(RUNTIME_TUNING_ENV)}"
 )
 
 
 def _reserved_env(name: str) -> bool:
     return name not in RUNTIME_TUNING_ENV and (
-        name.startswith("BATCHPILOT_") or name in RESERVED_ENV
+        name.startswith(pod.ENV_PREFIX) or name in RESERVED_ENV
     )
 
 
@@ -277,7 +264,7 @@ class EnvVar(_Base):
                 ),
                 _cel(
                     f"self.name in {_cel_list(RUNTIME_TUNING_ENV)} || "
-                    f"!(self.name.startsWith('BATCHPILOT_') || "
+                    f"!(self.name.startsWith('{pod.ENV_PREFIX}') || "
                     f"self.name in {_cel_list(RESERVED_ENV)})",
                     f"name {RESERVED_ENV_MESSAGE}",
                     ".name",
@@ -314,34 +301,24 @@ class EnvVar(_Base):
 class Batching(_Base):
     """The runtime's batching config (written to the <name>-batching ConfigMap)."""
 
-    max_batch_size: int = Field(
-        default=32,
-        ge=1,
-        le=MAX_BATCH_SIZE_LIMIT,
+    # Defaults and bounds are the batching config's (batchpilot_contract.batching), so that
+    # every spec the API server accepts renders a document the runtime accepts.
+    max_batch_size: int = batching.MAX_BATCH_SIZE.field(
         description=(
             "Most items executed in one forward pass. With autoscaling enabled this is the "
             "starting point, kept within autoscaling.minBatchSize..maxBatchSize."
         ),
     )
-    max_wait_ms: float = Field(
-        default=5.0,
-        ge=0.0,
-        le=MAX_WAIT_MS_LIMIT,
+    max_wait_ms: float = batching.MAX_WAIT_MS.field(
         description=(
             "Longest time in milliseconds a batch waits to fill once the model is free. With "
             "autoscaling enabled this is the starting point, kept within minWaitMs..maxWaitMs."
         ),
     )
-    max_queue: int = Field(
-        default=1024,
-        ge=1,
-        le=MAX_QUEUE_LIMIT,
+    max_queue: int = batching.MAX_QUEUE.field(
         description="Most items waiting for a batch per replica; more are refused with 429.",
     )
-    request_timeout_ms: float = Field(
-        default=30_000.0,
-        gt=0.0,
-        le=REQUEST_TIMEOUT_MS_LIMIT,
+    request_timeout_ms: float = batching.REQUEST_TIMEOUT_MS.field(
         description="An item still queued after this many milliseconds is answered 504.",
     )
 
@@ -390,23 +367,17 @@ class Autoscaling(_Base):
         le=MAX_LATENCY_TARGET_MS,
         description="The p95 request latency the loop holds, in milliseconds (the SLO).",
     )
-    min_batch_size: int = Field(
-        default=1, ge=1, le=MAX_BATCH_SIZE_LIMIT, description="Smallest max batch size to use."
+    min_batch_size: int = batching.MAX_BATCH_SIZE.field(
+        default=1, description="Smallest max batch size to use."
     )
-    max_batch_size: int = Field(
-        default=128, ge=1, le=MAX_BATCH_SIZE_LIMIT, description="Largest max batch size to use."
+    max_batch_size: int = batching.MAX_BATCH_SIZE.field(
+        default=128, description="Largest max batch size to use."
     )
-    min_wait_ms: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=MAX_WAIT_MS_LIMIT,
-        description="Shortest max batch wait to use, in milliseconds.",
+    min_wait_ms: float = batching.MAX_WAIT_MS.field(
+        default=0.0, description="Shortest max batch wait to use, in milliseconds."
     )
-    max_wait_ms: float = Field(
-        default=50.0,
-        ge=0.0,
-        le=MAX_WAIT_MS_LIMIT,
-        description="Longest max batch wait to use, in milliseconds.",
+    max_wait_ms: float = batching.MAX_WAIT_MS.field(
+        default=50.0, description="Longest max batch wait to use, in milliseconds."
     )
     interval_seconds: int = Field(
         default=15, ge=1, le=3600, description="How often the loop observes and decides."
@@ -464,7 +435,7 @@ class BatchedModelSpec(_Base):
         max_length=128,
         description=(
             "Extra environment variables for the runtime container. The names the operator "
-            "sets are reserved: every BATCHPILOT_ name except the runtime tuning knobs "
+            f"sets are reserved: every {pod.ENV_PREFIX} name except the runtime tuning knobs "
             f"{', '.join(RUNTIME_TUNING_ENV)}, and {', '.join(RESERVED_ENV)}."
         ),
     )
@@ -754,10 +725,10 @@ class TunedState:
     def batching_config(self, spec: BatchedModelSpec) -> BatchingConfig:
         """The runtime config this state renders (the ConfigMap's document)."""
         return BatchingConfig(
-            maxBatchSize=self.max_batch_size,
-            maxWaitMs=self.max_wait_ms,
-            maxQueue=spec.batching.max_queue,
-            requestTimeoutMs=spec.batching.request_timeout_ms,
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            max_queue=spec.batching.max_queue,
+            request_timeout_ms=spec.batching.request_timeout_ms,
             generation=self.config_generation,
         )
 

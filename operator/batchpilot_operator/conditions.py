@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from batchpilot_contract.batching import BatchingConfig
+from batchpilot_contract.labels import selector_string
 from batchpilot_operator.api import EMULATED_SCHEME, BatchedModel, TunedState
-from batchpilot_operator.desired import selector_string
-from batchpilot_runtime.config import BatchingConfig
 
 READY = "Ready"
 PROGRESSING = "Progressing"

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from batchpilot_contract.labels import PART_OF, PART_OF_LABEL
 from batchpilot_operator import api
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -232,7 +233,7 @@ def crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{api.PLURAL}.{api.GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "batchpilot"},
+            "labels": {PART_OF_LABEL: PART_OF},
         },
         "spec": {
             "group": api.GROUP,

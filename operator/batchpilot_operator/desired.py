@@ -16,66 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any
 
+from batchpilot_contract import labels as contract_labels
+from batchpilot_contract import lifecycle, pod
+from batchpilot_contract.batching import CONFIGMAP_KEY, BatchingConfig, configmap_name
+from batchpilot_contract.labels import labels, selector_labels
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.settings import OperatorSettings
-from batchpilot_runtime import lifecycle
-from batchpilot_runtime.config import CONFIGMAP_KEY, DEFAULT_CONFIG_PATH, BatchingConfig
 
-PORT = 8080
 CONTAINER_NAME = "runtime"
-CONFIG_DIR = str(DEFAULT_CONFIG_PATH.parent)
-CONFIG_PATH = str(DEFAULT_CONFIG_PATH)
-CACHE_DIR = "/var/cache/batchpilot"
-"""Writable cache (an emptyDir) for what libraries write while loading a model (for example
-the code of trustRemoteCode models): the root filesystem is read-only."""
-PVC_ROOT = "/mnt/pvc"
-"""Where pvc:// claims are mounted, read-only: the runtime resolves ``pvc://claim/path`` to
-``$BATCHPILOT_PVC_ROOT/claim/path``."""
-RUN_AS_ID = 10001
-TERMINATION_GRACE_SECONDS = math.ceil(
-    lifecycle.DRAIN_DELAY_SECONDS
-    + lifecycle.GRACEFUL_TIMEOUT_SECONDS
-    + lifecycle.SHUTDOWN_MARGIN_SECONDS
-)
+TERMINATION_GRACE_SECONDS = lifecycle.termination_grace_seconds()
 """Covers the runtime's own shutdown at its defaults: the drain delay (serving on, unready,
 while endpoints drop the pod; the runtime's rather than a preStop hook, which would need a
 shell or ``sleep`` in the image), then the graceful bound, then releasing the models."""
 PROGRESS_DEADLINE_SECONDS = 900
 
-APP_NAME = "batchpilot-runtime"
-MANAGED_BY = "batchpilot-operator"
-SPEC_HASH_ANNOTATION = "batchpilot.dev/spec-hash"
-CONFIG_GENERATION_ANNOTATION = "batchpilot.dev/config-generation"
-
 _DEFAULT_SETTINGS = OperatorSettings()
-
-
-def configmap_name(name: str) -> str:
-    """The batching ConfigMap of BatchedModel ``name``."""
-    return f"{name}-batching"
-
-
-def selector_labels(name: str) -> dict[str, str]:
-    """Labels that select the runtime pods of BatchedModel ``name`` (immutable)."""
-    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": name}
-
-
-def selector_string(name: str) -> str:
-    """:func:`selector_labels` as a label selector string (``status.selector``)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
-
-
-def labels(name: str) -> dict[str, str]:
-    """Labels of every child and of the runtime pods."""
-    return {
-        **selector_labels(name),
-        "app.kubernetes.io/component": "model-server",
-        "app.kubernetes.io/part-of": "batchpilot",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-    }
 
 
 def _metadata(bm: BatchedModel, name: str) -> dict[str, Any]:
@@ -126,12 +83,12 @@ def _env(bm: BatchedModel) -> list[dict[str, Any]]:
     model = bm.spec.model
     env: list[dict[str, Any]] = []
     if model.dtype != "auto":
-        env.append({"name": "BATCHPILOT_DTYPE", "value": model.dtype})
+        env.append({"name": pod.DTYPE_ENV, "value": model.dtype})
     if model.trust_remote_code:
-        env.append({"name": "BATCHPILOT_TRUST_REMOTE_CODE", "value": "true"})
-        env.append({"name": "HF_MODULES_CACHE", "value": f"{CACHE_DIR}/modules"})
+        env.append({"name": pod.TRUST_REMOTE_CODE_ENV, "value": "true"})
+        env.append({"name": pod.HF_MODULES_CACHE_ENV, "value": f"{pod.CACHE_DIR}/modules"})
     if _pvc_claim(bm):
-        env.append({"name": "BATCHPILOT_PVC_ROOT", "value": PVC_ROOT})
+        env.append({"name": pod.PVC_ROOT_ENV, "value": pod.PVC_ROOT})
     env += [e.model_dump(by_alias=True, exclude_none=True) for e in bm.spec.env or []]
     return env
 
@@ -156,7 +113,7 @@ def _resources(bm: BatchedModel) -> dict[str, Any]:
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": PORT, "scheme": "HTTP"},
+        "httpGet": {"path": path, "port": pod.PORT, "scheme": "HTTP"},
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -177,16 +134,16 @@ def _container(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
             "--name",
             bm.name,
             "--config",
-            CONFIG_PATH,
+            pod.CONFIG_PATH,
             "--port",
-            str(PORT),
+            str(pod.PORT),
         ],
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [{"name": pod.PORT_NAME, "containerPort": pod.PORT, "protocol": "TCP"}],
         # Model loading (and a first download) can take minutes: the startup probe holds the
         # liveness probe off until the server answers, for up to 10 minutes.
-        "startupProbe": _probe("/v2/health/live", period=5, failures=120),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "startupProbe": _probe(pod.LIVE_PATH, period=5, failures=120),
+        "livenessProbe": _probe(pod.LIVE_PATH, period=10, failures=3),
+        "readinessProbe": _probe(pod.READY_PATH, period=5, failures=3),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -194,9 +151,9 @@ def _container(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [
-            {"name": "batching", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "batching", "mountPath": pod.CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "cache", "mountPath": pod.CACHE_DIR},
         ],
     }
     env = _env(bm)
@@ -208,7 +165,7 @@ def _container(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
     claim = _pvc_claim(bm)
     if claim:
         container["volumeMounts"].append(
-            {"name": "model", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+            {"name": "model", "mountPath": f"{pod.PVC_ROOT}/{claim}", "readOnly": True}
         )
     return container
 
@@ -229,24 +186,24 @@ def desired_deployment(
         volumes.append(
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
-    pod: dict[str, Any] = {
+    pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "fsGroup": RUN_AS_ID,
+            "runAsUser": pod.RUN_AS_ID,
+            "runAsGroup": pod.RUN_AS_ID,
+            "fsGroup": pod.RUN_AS_ID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [_container(bm, settings)],
         "volumes": volumes,
     }
     if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
-        pod["tolerations"] = [
+        pod_spec["tolerations"] = [
             t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations
         ]
     return {
@@ -267,27 +224,21 @@ def desired_deployment(
                 "metadata": {
                     "labels": labels(bm.name),
                     "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(PORT),
-                        "prometheus.io/path": "/metrics",
-                        SPEC_HASH_ANNOTATION: spec_hash(bm, settings),
+                        **contract_labels.scrape_annotations(),
+                        contract_labels.SPEC_HASH_ANNOTATION: spec_hash(bm, settings),
                     },
                 },
-                "spec": pod,
+                "spec": pod_spec,
             },
         },
     }
 
 
 def desired_service(bm: BatchedModel, state: TunedState) -> dict[str, Any]:
-    """The Service ``<name>``: port 8080 (named http) in front of the runtime pods."""
+    """The Service ``<name>``: the runtime's port, same number and name, in front of its pods."""
     del state  # the Service does not depend on the tuned state; same signature as the others
     meta = _metadata(bm, bm.name)
-    meta["annotations"] = {
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(PORT),
-        "prometheus.io/path": "/metrics",
-    }
+    meta["annotations"] = contract_labels.scrape_annotations()
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -295,7 +246,9 @@ def desired_service(bm: BatchedModel, state: TunedState) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(bm.name),
-            "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}],
+            "ports": [
+                {"name": pod.PORT_NAME, "port": pod.PORT, "targetPort": pod.PORT, "protocol": "TCP"}
+            ],
         },
     }
 
@@ -309,7 +262,7 @@ def desired_configmap(bm: BatchedModel, state: TunedState) -> dict[str, Any]:
     """The ConfigMap ``<name>-batching`` holding ``batching.json`` (the runtime contract)."""
     config = desired_batching_config(bm, state)
     meta = _metadata(bm, configmap_name(bm.name))
-    meta["annotations"] = {CONFIG_GENERATION_ANNOTATION: str(config.generation)}
+    meta["annotations"] = {contract_labels.CONFIG_GENERATION_ANNOTATION: str(config.generation)}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

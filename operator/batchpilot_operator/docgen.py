@@ -3,8 +3,10 @@
 ``python -m batchpilot_operator.docgen`` writes them (``make docs``); ``--check`` only reports
 whether they are stale, and a unit test fails while one is. Each ``*_page`` function is pure:
 from the code's objects (the CRD that :mod:`batchpilot_operator.crdgen` builds from
-:mod:`batchpilot_operator.api`, the runtime's metrics registry, the argument parsers, the
-operator's settings, the chart's ``values.yaml`` with helm-docs ``# --`` comments) to Markdown.
+:mod:`batchpilot_operator.api`, the contract's batching config and metrics
+(:mod:`batchpilot_contract`), the argument parsers, the operator's settings, the chart's
+``values.yaml`` with helm-docs ``# --`` comments) to Markdown. It documents both sides, so it
+runs in the workspace (``make docs``) and is left out of the operator's distribution.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import argparse
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client import CollectorRegistry
 
+from batchpilot_contract.metrics import Metric
 from batchpilot_operator.docgen_common import attribute_docs, header, rst_to_markdown, table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -143,11 +145,13 @@ def crd_page(crd: dict[str, Any]) -> str:
     return out
 
 
-def config_page(schema: dict[str, Any], key: str, path: str) -> str:
+def config_page(schema: dict[str, Any], configmap: str, key: str, path: str) -> str:
     """The batching config document (the ConfigMap contract), from its structural schema."""
-    out = header("The batching config: `batching.json`", "`runtime/batchpilot_runtime/config.py`")
+    out = header(
+        "The batching config: `batching.json`", "`contract/batchpilot_contract/batching.py`"
+    )
     out += (
-        f"ConfigMap `<name>-batching`, key `{key}`, mounted at `{path}` and reloaded while "
+        f"ConfigMap `{configmap}`, key `{key}`, mounted at `{path}` and reloaded while "
         "the runtime runs ([the contract](../concepts/contracts.md)). Unknown keys make the "
         "file invalid: it is ignored and the last good config stays.\n\n"
     )
@@ -157,33 +161,34 @@ def config_page(schema: dict[str, Any], key: str, path: str) -> str:
 # ------------------------------------------------------------------------------- the metrics
 
 
-def _bound(le: str) -> str:
-    return le if le.startswith("+") else f"{float(le):g}"
+def _label(name: str, values: Sequence[str]) -> str:
+    return f"`{name}`: {', '.join(f'`{v}`' for v in values)}" if values else f"`{name}`"
 
 
-def metrics_page(registry: CollectorRegistry, doc: str) -> str:
-    """The metrics reference: every metric a runtime pod exports, its buckets, and the
-    meanings given in the telemetry module's docstring (from ``What each metric means``)."""
-    out = header("Runtime metrics", "`runtime/batchpilot_runtime/telemetry.py`")
+def metrics_page(
+    metrics: Sequence[Metric],
+    label_values: dict[str, tuple[str, ...]],
+    doc: str,
+    path: str,
+    prefix: str,
+) -> str:
+    """The metrics reference: every metric a runtime pod exports, its labels (with their
+    values where the contract fixes them), its buckets, and the meanings given in the metrics
+    contract's docstring (from ``What each metric means``)."""
+    out = header("Runtime metrics", "`contract/batchpilot_contract/metrics.py`")
     out += (
-        "Every runtime pod serves `GET /metrics` in the Prometheus text format. Names start "
-        "with `batchpilot_`, units are base units (seconds), counters end in `_total`, and "
+        f"Every runtime pod serves `GET {path}` in the Prometheus text format. Names start "
+        f"with `{prefix}`, units are base units (seconds), counters end in `_total`, and "
         "no `_created` series is exported.\n\n"
     )
     rows: list[list[str]] = []
     buckets: dict[str, list[str]] = {}
-    for family in registry.collect():
-        name = family.name + ("_total" if family.type == "counter" else "")
-        values: dict[str, list[str]] = {}
-        for sample in family.samples:
-            for key, value in sample.labels.items():
-                if key != "le" and value not in values.setdefault(key, []):
-                    values[key].append(value)
-        shown = "; ".join(f"`{k}`: {', '.join(f'`{v}`' for v in vs)}" for k, vs in values.items())
-        rows.append([f"`{name}`", family.type, shown, family.documentation])
-        if family.type == "histogram":
-            bounds = [_bound(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")]
-            buckets.setdefault(", ".join(bounds), []).append(f"`{name}`")
+    for metric in metrics:
+        shown = "; ".join(_label(k, label_values.get(k, ())) for k in metric.labels)
+        rows.append([f"`{metric.name}`", metric.kind.value, shown, metric.help])
+        if metric.buckets:
+            bounds = ", ".join([*(f"{b:g}" for b in metric.buckets), "+Inf"])
+            buckets.setdefault(bounds, []).append(f"`{metric.name}`")
     out += table(["name", "type", "labels", "meaning"], rows)
     out += "\n## Buckets\n\nThe same on every pod, so histograms add up across pods.\n\n"
     out += table(["histograms", "upper bounds"], [[", ".join(n), b] for b, n in buckets.items()])
@@ -323,31 +328,33 @@ def _crd() -> str:
 
 
 def _config() -> str:
+    from batchpilot_contract import batching, pod
     from batchpilot_operator import crdgen
-    from batchpilot_runtime import config
 
-    raw = config.BatchingConfig.model_json_schema(by_alias=True)
+    raw = batching.BatchingConfig.model_json_schema(by_alias=True)
     schema = crdgen.structural(raw, raw.get("$defs", {}))
-    return config_page(schema, config.CONFIGMAP_KEY, str(config.DEFAULT_CONFIG_PATH))
+    configmap = batching.configmap_name("<name>")
+    return config_page(schema, configmap, batching.CONFIGMAP_KEY, pod.CONFIG_PATH)
 
 
 def _metrics() -> str:
-    from batchpilot_runtime import telemetry
-    from batchpilot_runtime.config import BatchingConfig
+    from batchpilot_contract import metrics, pod
 
-    metrics = telemetry.Telemetry(queue_depth=lambda: 0.0, config=BatchingConfig)
-    return metrics_page(metrics.registry, telemetry.__doc__ or "")
+    return metrics_page(
+        metrics.METRICS,
+        metrics.LABEL_VALUES,
+        metrics.__doc__ or "",
+        pod.METRICS_PATH,
+        metrics.PREFIX,
+    )
 
 
 def _runtime() -> str:
+    # The one page that needs the runtime itself (its parser): docgen is a workspace tool.
+    from batchpilot_contract import pod
     from batchpilot_runtime import settings
 
-    return runtime_page(
-        settings.build_parser({}),
-        settings.ENV_PREFIX,
-        settings.PVC_ROOT_ENV,
-        settings.DEFAULT_PVC_ROOT,
-    )
+    return runtime_page(settings.build_parser({}), pod.ENV_PREFIX, pod.PVC_ROOT_ENV, pod.PVC_ROOT)
 
 
 def _operator() -> str:

@@ -37,18 +37,26 @@ import urllib3
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from batchpilot_contract.batching import BatchingConfig, configmap_name
+from batchpilot_contract.labels import (
+    CONFIG_GENERATION_ANNOTATION,
+    DOMAIN,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    owned_selector,
+    selector_string,
+)
 from batchpilot_operator import api, conditions, desired
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.loop import Adjust, TuningLoop
 from batchpilot_operator.settings import OperatorSettings
-from batchpilot_runtime.config import BatchingConfig
 
-FIELD_MANAGER = "batchpilot-operator"
+FIELD_MANAGER = MANAGED_BY
 LOGGER = logging.getLogger("batchpilot.operator")
 SETTINGS = OperatorSettings.from_env()
 BM = (api.GROUP, api.VERSION, api.PLURAL)
 Log = logging.Logger | logging.LoggerAdapter[Any]
-OWNED = {"app.kubernetes.io/managed-by": desired.MANAGED_BY}
+OWNED = owned_selector()
 
 
 class TransientError(Exception):
@@ -291,7 +299,7 @@ def _apply(
         state = adjust(bm, state)
         if bm.spec.autoscaling.enabled:
             state = state.clamped(bm.spec)  # a decision never leaves the spec's bounds
-    live_cm = _read(c.core.read_namespaced_config_map, desired.configmap_name(name), ns)
+    live_cm = _read(c.core.read_namespaced_config_map, configmap_name(name), ns)
     state = api.settle_generation(state, bm.spec, _written_config(live_cm))
 
     wanted = desired.desired_children(bm, state, s)
@@ -310,7 +318,7 @@ def _apply(
     ready_and_done = _settled(deployment, state.replicas)
     pods: list[dict[str, Any]] = []
     if not ready_and_done:
-        selector = desired.selector_string(name)
+        selector = selector_string(name)
         listing = c.core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
         pods = _json(listing).get("items", [])
     observed = conditions.Observed(deployment, pods)
@@ -356,9 +364,9 @@ def _written_config(live_cm: dict[str, Any] | None) -> BatchingConfig | None:
     if config is None and live_cm is not None:
         # Unreadable document: still never go below the generation it was stamped with.
         annotations = live_cm.get("metadata", {}).get("annotations") or {}
-        stamped = annotations.get(desired.CONFIG_GENERATION_ANNOTATION, "")
+        stamped = annotations.get(CONFIG_GENERATION_ANNOTATION, "")
         if stamped.isdigit():
-            return BatchingConfig(generation=int(stamped), maxQueue=1, maxBatchSize=1)
+            return BatchingConfig(generation=int(stamped), max_queue=1, max_batch_size=1)
     return config
 
 
@@ -518,9 +526,9 @@ def configure(*, settings: kopf.OperatorSettings, logger: Log, **_: Any) -> None
     """Keep kopf's bookkeeping in annotations (the status schema is strict), post only
     warnings from logs as Events (explicit Events are posted by the reconciler), and size
     the thread pool for the synchronous handlers."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="batchpilot.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=DOMAIN)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="batchpilot.dev", key="last-handled-configuration"
+        prefix=DOMAIN, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
@@ -598,7 +606,7 @@ def child_changed(*, body: kopf.Body, namespace: str | None, logger: Log, **_: A
 def pod_changed(*, body: kopf.Body, namespace: str | None, logger: Log, **_: Any) -> None:
     """A runtime pod changed (ready, crashed, unschedulable): refresh its owner's status."""
     labels = body.get("metadata", {}).get("labels") or {}
-    _nudge(namespace, labels.get("app.kubernetes.io/instance"), logger)
+    _nudge(namespace, labels.get(INSTANCE_LABEL), logger)
 
 
 @kopf.on.probe(id="models")
@@ -636,7 +644,7 @@ class KubeForLoop:
     def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         try:
             listing = self.c.core.list_namespaced_pod(
-                namespace, label_selector=desired.selector_string(name), _preload_content=False
+                namespace, label_selector=selector_string(name), _preload_content=False
             )
         except _NETWORK_ERRORS as exc:
             raise _classify(exc) from exc
@@ -664,9 +672,7 @@ class KubeForLoop:
         return result.state if result is not None else None
 
     def touch_pods(self, namespace: str, pods: list[str], generation: int) -> None:
-        patch = {
-            "metadata": {"annotations": {desired.CONFIG_GENERATION_ANNOTATION: str(generation)}}
-        }
+        patch = {"metadata": {"annotations": {CONFIG_GENERATION_ANNOTATION: str(generation)}}}
         for pod in pods:
             try:
                 self.c.core.patch_namespaced_pod(pod, namespace, patch, _preload_content=False)

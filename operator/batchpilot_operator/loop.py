@@ -32,7 +32,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from batchpilot_operator import api, desired
+from batchpilot_contract import pod as contract_pod
+from batchpilot_contract.batching import BatchingConfig
+from batchpilot_operator import api
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.conditions import now_rfc3339
 from batchpilot_operator.metrics import (
@@ -43,7 +45,6 @@ from batchpilot_operator.metrics import (
     scrape_pods,
 )
 from batchpilot_operator.policy import CurrentState, Decision, TuningSpec, decide
-from batchpilot_runtime.config import BatchingConfig
 
 LOGGER = logging.getLogger("batchpilot.loop")
 
@@ -115,7 +116,7 @@ class TickResult:
 # ------------------------------------------------------------------------ pure helpers
 
 
-def ready_pod_targets(pods: list[dict[str, Any]], port: int = desired.PORT) -> dict[str, str]:
+def ready_pod_targets(pods: list[dict[str, Any]], port: int = contract_pod.PORT) -> dict[str, str]:
     """Pod name -> metrics URL of the pods that are Ready, have an IP and are not being
     deleted: the pods that serve traffic, so the ones whose load counts."""
     targets: dict[str, str] = {}
@@ -129,7 +130,7 @@ def ready_pod_targets(pods: list[dict[str, Any]], port: int = desired.PORT) -> d
         )
         if ready and ip and not meta.get("deletionTimestamp"):
             host = f"[{ip}]" if ":" in ip else ip
-            targets[meta["name"]] = f"http://{host}:{port}/metrics"
+            targets[meta["name"]] = f"http://{host}:{port}{contract_pod.METRICS_PATH}"
     return targets
 
 
@@ -164,10 +165,10 @@ def in_force_config(obs: Observation, spec: api.BatchedModelSpec) -> BatchingCon
         return None
     generation, size, wait_s = min(reported)
     return BatchingConfig(
-        maxBatchSize=size,
-        maxWaitMs=round(wait_s * 1000.0, 3),
-        maxQueue=spec.batching.max_queue,
-        requestTimeoutMs=spec.batching.request_timeout_ms,
+        max_batch_size=size,
+        max_wait_ms=round(wait_s * 1000.0, 3),
+        max_queue=spec.batching.max_queue,
+        request_timeout_ms=spec.batching.request_timeout_ms,
         generation=generation,
     )
 

@@ -1,7 +1,7 @@
 """Observation: scrape every runtime pod's ``/metrics`` and turn two scrapes into a window.
 
-The runtime exports the metrics contract of the design (``batchpilot_*`` names, base units,
-fixed histogram buckets identical on every pod). This module
+The runtime exports the metrics contract (:mod:`batchpilot_contract.metrics`: ``batchpilot_*``
+names, base units, fixed histogram buckets identical on every pod). This module
 
 * scrapes a set of pods concurrently (:func:`scrape_pods`: per-pod timeout, a concurrency
   limit, a pod that does not answer is recorded as *missing*, never as zero load),
@@ -30,24 +30,24 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchpilot_runtime import telemetry
-
-# The metrics contract, named once in the runtime's telemetry module.
-QUEUE_DEPTH = telemetry.QUEUE_DEPTH
-REQUESTS_TOTAL = telemetry.REQUESTS_TOTAL
-OUTCOME = telemetry.OUTCOME_LABEL
-REQUEST_DURATION = telemetry.REQUEST_DURATION_SECONDS
-QUEUE_WAIT = telemetry.QUEUE_WAIT_SECONDS
-BATCH_SIZE = telemetry.BATCH_SIZE
-BATCH_DURATION = telemetry.BATCH_DURATION_SECONDS
-CONFIG_MAX_BATCH_SIZE = telemetry.CONFIG_MAX_BATCH_SIZE
-CONFIG_MAX_WAIT = telemetry.CONFIG_MAX_WAIT_SECONDS
-CONFIG_GENERATION = telemetry.CONFIG_GENERATION
+from batchpilot_contract.metrics import BATCH_DURATION_SECONDS as BATCH_DURATION
+from batchpilot_contract.metrics import (
+    BATCH_SIZE,
+    CONFIG_GENERATION,
+    CONFIG_MAX_BATCH_SIZE,
+    QUEUE_DEPTH,
+    REQUESTS_TOTAL,
+    Outcome,
+)
+from batchpilot_contract.metrics import CONFIG_MAX_WAIT_SECONDS as CONFIG_MAX_WAIT
+from batchpilot_contract.metrics import OUTCOME_LABEL as OUTCOME
+from batchpilot_contract.metrics import QUEUE_WAIT_SECONDS as QUEUE_WAIT
+from batchpilot_contract.metrics import REQUEST_DURATION_SECONDS as REQUEST_DURATION
 
 HISTOGRAMS = (REQUEST_DURATION, QUEUE_WAIT, BATCH_SIZE, BATCH_DURATION)
 GAUGES = (QUEUE_DEPTH, CONFIG_MAX_BATCH_SIZE, CONFIG_MAX_WAIT, CONFIG_GENERATION)
 
-OUTCOME_OK = "ok"
+OUTCOME_OK = Outcome.OK
 """The ``outcome`` label of a request answered successfully."""
 
 INF = math.inf

@@ -3,6 +3,7 @@
 ``batchpilot-runtime --model URI --task embedding|classification`` serves a transformers model
 over HTTP (OpenAI-compatible ``/v1/embeddings``, ``/v1/classify``, Open Inference Protocol v2,
 ``/stats``, ``/metrics``), grouping concurrent requests into batches (:mod:`.batcher`) whose
-size and wait come from a hot-reloaded config file (:mod:`.config`, the ConfigMap contract).
-:mod:`.config` and :mod:`.telemetry` are torch-free: the operator imports them.
+size and wait come from a hot-reloaded config file (:mod:`.reload`; its schema, the metric
+names and the pod's paths are the ``batchpilot_contract`` package's, which the operator
+imports too).
 """

@@ -5,7 +5,7 @@ The app starts answering health checks at once; the model loads and warms up in 
 background, and only then does ``/v2/health/ready`` turn 200 and inference open. On SIGTERM
 readiness turns false while requests are still served for the drain delay; then the server
 stops accepting, finishes what it accepted (bounded by the graceful timeout), and inference
-that still reaches the app is refused with 503 (:mod:`batchpilot_runtime.lifecycle`).
+that still reaches the app is refused with 503 (:mod:`batchpilot_contract.lifecycle`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from batchpilot_contract.metrics import Outcome
+from batchpilot_contract.pod import LIVE_PATH, METRICS_PATH, READY_PATH
 from batchpilot_runtime import api, oip_binary, openapi
 from batchpilot_runtime.api import ApiError
 from batchpilot_runtime.backends import (
@@ -44,15 +46,15 @@ PRIORITY_HEADER = "x-batchpilot-priority"
 PRIORITY_NAMES = {"high": 1, "normal": 0, "low": -1}
 
 _OUTCOME_OF_STATUS = {
-    400: "invalid",
-    404: "invalid",
-    408: "cancelled",
-    413: "invalid",
-    422: "invalid",
-    429: "rejected",
-    503: "rejected",
-    504: "timeout",
-    CLIENT_CLOSED: "cancelled",
+    400: Outcome.INVALID,
+    404: Outcome.INVALID,
+    408: Outcome.CANCELLED,
+    413: Outcome.INVALID,
+    422: Outcome.INVALID,
+    429: Outcome.REJECTED,
+    503: Outcome.REJECTED,
+    504: Outcome.TIMEOUT,
+    CLIENT_CLOSED: Outcome.CANCELLED,
 }
 
 
@@ -188,7 +190,7 @@ def create_app(
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            runtime.record("rejected", None)
+            runtime.record(Outcome.REJECTED, None)
             return _error(
                 ApiError(
                     503,
@@ -198,15 +200,15 @@ def create_app(
                 )
             )
         except ApiError as exc:
-            outcome = _OUTCOME_OF_STATUS.get(exc.status, "error")
-            runtime.record(outcome, loop.time() - start if outcome == "timeout" else None)
+            outcome = _OUTCOME_OF_STATUS.get(exc.status, Outcome.ERROR)
+            runtime.record(outcome, loop.time() - start if outcome is Outcome.TIMEOUT else None)
             return _error(exc)
         except Exception as exc:
             log.exception("inference failed")
-            runtime.record("error", None)
+            runtime.record(Outcome.ERROR, None)
             return _error(ApiError(500, f"internal error: {exc}", kind="server_error"))
         response = payload if isinstance(payload, Response) else _json(payload)
-        runtime.record("ok", loop.time() - start)
+        runtime.record(Outcome.OK, loop.time() - start)
         return response
 
     @app.post(
@@ -317,11 +319,11 @@ def create_app(
             {"name": "batchpilot", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
         )
 
-    @app.get("/v2/health/live")
+    @app.get(LIVE_PATH)
     async def live() -> Response:
         return _json({"live": True})
 
-    @app.get("/v2/health/ready")
+    @app.get(READY_PATH)
     async def ready() -> Response:
         return _json({"ready": runtime.routable}, 200 if runtime.routable else 503)
 
@@ -341,7 +343,7 @@ def create_app(
     async def stats() -> Response:
         return _json(runtime.stats())
 
-    @app.get("/metrics")
+    @app.get(METRICS_PATH)
     async def metrics() -> Response:
         return Response(runtime.telemetry.render(), media_type=CONTENT_TYPE_LATEST)
 

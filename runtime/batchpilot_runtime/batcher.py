@@ -52,7 +52,7 @@ from functools import partial
 from itertools import islice
 from typing import Any, Protocol
 
-from batchpilot_runtime.config import BatchingConfig
+from batchpilot_contract.batching import BatchingConfig
 
 log = logging.getLogger(__name__)
 

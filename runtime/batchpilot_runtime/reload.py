@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from batchpilot_runtime.config import BatchingConfig, ConfigError
+from batchpilot_contract.batching import BatchingConfig, ConfigError
 
 log = logging.getLogger(__name__)
 

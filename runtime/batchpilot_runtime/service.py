@@ -16,13 +16,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive
 
+from batchpilot_contract.batching import BatchingConfig
+from batchpilot_contract.metrics import OUTCOMES
 from batchpilot_runtime.api import ApiError
 from batchpilot_runtime.backends import ModelInfo, ServedModel
 from batchpilot_runtime.batcher import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
-from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.reload import ConfigWatcher
 from batchpilot_runtime.settings import Settings
-from batchpilot_runtime.telemetry import OUTCOMES, Telemetry
+from batchpilot_runtime.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

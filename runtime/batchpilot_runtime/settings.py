@@ -1,8 +1,9 @@
 """Start-up settings of the runtime: defaults, then ``BATCHPILOT_*`` variables, then flags.
 
 The batching settings (``--max-batch-size`` and friends) are only the starting point: the
-config file (the ConfigMap contract, :mod:`batchpilot_runtime.config`) overrides them when it
-exists, and is hot-reloaded.
+config file (the ConfigMap contract, :mod:`batchpilot_contract.batching`) overrides them when it
+exists, and is hot-reloaded. Each field ``x_y`` reads ``BATCHPILOT_X_Y``
+(:func:`batchpilot_contract.pod.env_name`).
 """
 
 from __future__ import annotations
@@ -15,19 +16,18 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from batchpilot_runtime.backends import TASKS, Task
-from batchpilot_runtime.config import DEFAULT_CONFIG_PATH, BatchingConfig
-from batchpilot_runtime.lifecycle import (
+from batchpilot_contract import pod
+from batchpilot_contract.batching import BatchingConfig
+from batchpilot_contract.lifecycle import (
     BODY_TIMEOUT_SECONDS,
     DRAIN_DELAY_SECONDS,
     GRACEFUL_TIMEOUT_SECONDS,
 )
+from batchpilot_runtime.backends import TASKS, Task
 
 log = logging.getLogger(__name__)
 
-ENV_PREFIX = "BATCHPILOT_"
-PVC_ROOT_ENV = "BATCHPILOT_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
+DEFAULT_CONFIG_PATH = Path(pod.CONFIG_PATH)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Settings:
     name: str | None = None
     config: Path = DEFAULT_CONFIG_PATH
     host: str = "0.0.0.0"  # a server in a pod listens on every interface
-    port: int = 8080
+    port: int = pod.PORT
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
@@ -70,13 +70,11 @@ class Settings:
 
     def base_config(self) -> BatchingConfig:
         """The batching config from settings alone (the config file may override it)."""
-        return BatchingConfig.model_validate(
-            {
-                "maxBatchSize": self.max_batch_size,
-                "maxWaitMs": self.max_wait_ms,
-                "maxQueue": self.max_queue,
-                "requestTimeoutMs": self.request_timeout_ms,
-            }
+        return BatchingConfig(
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            max_queue=self.max_queue,
+            request_timeout_ms=self.request_timeout_ms,
         )
 
 
@@ -152,13 +150,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     defaults = {f.name: f.default for f in fields(Settings)}
     for f in fields(Settings):
         kind = _field_type(f.name)
-        raw = env.get(ENV_PREFIX + f.name.upper())
+        variable = pod.env_name(f.name)
+        raw = env.get(variable)
         default: Any = defaults[f.name]
         if raw is not None and raw != "":
             try:
                 default = _bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
-                parser.error(f"{ENV_PREFIX}{f.name.upper()}: {exc}")
+                parser.error(f"{variable}: {exc}")
         help_text = helps.get(f.name, "")
         if kind is bool:
             parser.add_argument(
@@ -224,7 +223,7 @@ def resolve_model_path(uri: str, env: Mapping[str, str] | None = None) -> Path:
     if uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))
     elif uri.startswith("pvc://"):
-        path = _claim_path(uri, Path(env.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)))
+        path = _claim_path(uri, Path(env.get(pod.PVC_ROOT_ENV, pod.PVC_ROOT)))
     elif "://" in uri:
         raise ValueError(f"{uri}: unsupported scheme; use a path, file://, hf:// or pvc://")
     else:

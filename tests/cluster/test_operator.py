@@ -27,12 +27,13 @@ import kubernetes
 import pytest
 import yaml
 
+from batchpilot_contract.batching import BatchingConfig, configmap_name
+from batchpilot_contract.labels import SPEC_HASH_ANNOTATION, selector_labels, selector_string
 from batchpilot_localcluster.cluster import LocalCluster
 from batchpilot_localcluster.kwokconfig import gpu_toleration
 from batchpilot_localcluster.waits import wait_for
-from batchpilot_operator import desired, handlers
+from batchpilot_operator import handlers
 from batchpilot_operator.api import BatchedModel, TunedState
-from batchpilot_runtime.config import BatchingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "batchedmodels.yaml"
@@ -194,7 +195,7 @@ class Models:
         return until(ready, f"BatchedModel {name} to be Ready and settled")
 
     def configmap_config(self, name: str) -> JSON:
-        cm = self.must("configmap", desired.configmap_name(name))
+        cm = self.must("configmap", configmap_name(name))
         config: JSON = json.loads(cm["data"]["batching.json"])
         return config
 
@@ -220,7 +221,7 @@ def template(deployment: JSON) -> JSON:
 
 
 def spec_hash(deployment: JSON) -> str:
-    return str(template(deployment)["metadata"]["annotations"][desired.SPEC_HASH_ANNOTATION])
+    return str(template(deployment)["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
 
 
 # ------------------------------------------------------------------------------------- tests
@@ -269,7 +270,7 @@ def test_examples_create_their_children(
     }
     service = models.must("service", "minilm")
     assert service["spec"]["ports"][0]["port"] == 8080
-    assert service["spec"]["selector"] == desired.selector_labels("minilm")
+    assert service["spec"]["selector"] == selector_labels("minilm")
 
     # The classifier asks for a GPU on nodes labelled nvidia.com/gpu.present, which this
     # cluster does not have: its status says so.
@@ -394,7 +395,7 @@ def test_drift_is_put_back(operator: Operator, models: Models) -> None:
     )
     bm = models.wait_ready("drift")
     assert (bm["status"]["replicas"], bm["status"]["ready"]) == (2, "2/2")
-    assert bm["status"]["selector"] == desired.selector_string("drift")
+    assert bm["status"]["selector"] == selector_string("drift")
     events = models.kubectl(
         "get",
         "events",
@@ -421,7 +422,7 @@ def test_delete_removes_every_child(operator: Operator, models: Models) -> None:
     until(
         lambda: (
             not models.kubectl(
-                "get", "pods", "-l", desired.selector_string("gone"), "-o", "name"
+                "get", "pods", "-l", selector_string("gone"), "-o", "name"
             ).stdout.strip()
         ),
         "the runtime pods to be collected",
@@ -439,7 +440,7 @@ def snapshot(models: Models, name: str) -> JSON:
             for kind, child in (
                 ("deployment", name),
                 ("service", name),
-                ("configmap", desired.configmap_name(name)),
+                ("configmap", configmap_name(name)),
             )
         },
     }

@@ -16,7 +16,7 @@ import torch
 from runtime_server import Server, minilm_path, run_server
 from transformers import AutoModel, AutoTokenizer
 
-from batchpilot_runtime import telemetry
+from batchpilot_contract import metrics
 
 TEXTS = [
     "A man is eating food.",
@@ -77,8 +77,8 @@ def test_concurrent_clients_are_batched(server: Server) -> None:
     before = server.metrics()
     assert asyncio.run(burst(server.url, 32)) == [200] * 32
     after = server.metrics()
-    items = after[f"{telemetry.BATCH_SIZE}_sum"] - before[f"{telemetry.BATCH_SIZE}_sum"]
-    batches = after[f"{telemetry.BATCH_SIZE}_count"] - before[f"{telemetry.BATCH_SIZE}_count"]
+    items = after[f"{metrics.BATCH_SIZE}_sum"] - before[f"{metrics.BATCH_SIZE}_sum"]
+    batches = after[f"{metrics.BATCH_SIZE}_count"] - before[f"{metrics.BATCH_SIZE}_count"]
     assert items == 32
     assert items / batches > 1
 
@@ -95,13 +95,13 @@ def wait_for_config(server: Server, name: str, value: float, within: float) -> b
 def test_a_rewritten_config_file_changes_the_batch_size(server: Server) -> None:
     server.config.write_text(json.dumps({"maxBatchSize": 4, "maxWaitMs": 5, "generation": 2}))
     try:
-        assert wait_for_config(server, telemetry.CONFIG_MAX_BATCH_SIZE, 4.0, within=2.0)
-        assert server.metrics()[telemetry.CONFIG_GENERATION] == 2.0
+        assert wait_for_config(server, metrics.CONFIG_MAX_BATCH_SIZE, 4.0, within=2.0)
+        assert server.metrics()[metrics.CONFIG_GENERATION] == 2.0
         before = server.metrics()
         assert asyncio.run(burst(server.url, 32)) == [200] * 32
         after = server.metrics()
-        le4 = f'{telemetry.BATCH_SIZE}_bucket{{le="4.0"}}'
-        count = f"{telemetry.BATCH_SIZE}_count"
+        le4 = f'{metrics.BATCH_SIZE}_bucket{{le="4.0"}}'
+        count = f"{metrics.BATCH_SIZE}_count"
         assert after[count] - before[count] >= 8  # 32 items, at most 4 per batch
         assert after[le4] - before[le4] == after[count] - before[count]
 
@@ -112,7 +112,7 @@ def test_a_rewritten_config_file_changes_the_batch_size(server: Server) -> None:
         assert "maxBatchSize" in stats["config_error"]
     finally:
         server.config.write_text(json.dumps({"maxBatchSize": 32, "maxWaitMs": 5, "generation": 3}))
-        assert wait_for_config(server, telemetry.CONFIG_GENERATION, 3.0, within=5.0)
+        assert wait_for_config(server, metrics.CONFIG_GENERATION, 3.0, within=5.0)
 
 
 def test_overload_gets_exactly_one_answer_per_request(server: Server) -> None:
@@ -120,7 +120,7 @@ def test_overload_gets_exactly_one_answer_per_request(server: Server) -> None:
         json.dumps({"maxBatchSize": 2, "maxQueue": 4, "maxWaitMs": 0, "generation": 4})
     )
     try:
-        assert wait_for_config(server, telemetry.CONFIG_GENERATION, 4.0, within=5.0)
+        assert wait_for_config(server, metrics.CONFIG_GENERATION, 4.0, within=5.0)
         before = server.metrics()
         statuses = asyncio.run(burst(server.url, 64))
         after = server.metrics()
@@ -130,14 +130,14 @@ def test_overload_gets_exactly_one_answer_per_request(server: Server) -> None:
         assert refused >= 1
 
         def delta(outcome: str) -> float:
-            name = f'{telemetry.REQUESTS_TOTAL}{{outcome="{outcome}"}}'
+            name = f'{metrics.REQUESTS_TOTAL}{{outcome="{outcome}"}}'
             return after[name] - before[name]
 
         assert (delta("ok"), delta("rejected")) == (ok, refused)
-        assert sum(delta(o) for o in telemetry.OUTCOMES) == 64
+        assert sum(delta(o) for o in metrics.OUTCOMES) == 64
     finally:
         server.config.write_text(json.dumps({"maxBatchSize": 32, "maxWaitMs": 5, "generation": 5}))
-        assert wait_for_config(server, telemetry.CONFIG_GENERATION, 5.0, within=5.0)
+        assert wait_for_config(server, metrics.CONFIG_GENERATION, 5.0, within=5.0)
 
 
 def test_sigterm_finishes_what_was_accepted_then_exits_zero(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator import desired
 from batchpilot_operator.api import (
     RUNTIME_TUNING_ENV,
@@ -19,7 +20,6 @@ from batchpilot_operator.api import (
     resolve_state,
     settle_generation,
 )
-from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.settings import Settings
 
 BASIC: dict[str, Any] = {"model": {"uri": "hf://org/model", "task": "embedding"}}

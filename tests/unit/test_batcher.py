@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_runtime.batcher import (
     Batch,
     Batcher,
@@ -21,7 +22,6 @@ from batchpilot_runtime.batcher import (
     OutOfMemory,
     QueueFull,
 )
-from batchpilot_runtime.config import BatchingConfig
 
 T = TypeVar("T")
 

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
+from batchpilot_contract import labels, lifecycle
+from batchpilot_contract.batching import BatchingConfig
+from batchpilot_contract.pod import CACHE_DIR
 from batchpilot_operator import desired
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.settings import OperatorSettings
-from batchpilot_runtime import lifecycle
-from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +164,7 @@ def test_batching_change_rewrites_the_configmap_only() -> None:
 def test_model_or_image_change_changes_the_template_hash(change: dict[str, Any]) -> None:
     before = desired.desired_deployment(make(BASIC), state())
     after = desired.desired_deployment(make({**BASIC, **change}), state())
-    key = desired.SPEC_HASH_ANNOTATION
+    key = labels.SPEC_HASH_ANNOTATION
     assert (
         before["spec"]["template"]["metadata"]["annotations"][key]
         != after["spec"]["template"]["metadata"]["annotations"][key]
@@ -202,7 +203,7 @@ def test_pod_is_restricted_probed_and_scraped() -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    assert mounts == {"/etc/batchpilot": "batching", "/tmp": "tmp", desired.CACHE_DIR: "cache"}
+    assert mounts == {"/etc/batchpilot": "batching", "/tmp": "tmp", CACHE_DIR: "cache"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["batching"]["configMap"] == {"name": "m-batching"}
     assert "emptyDir" in volumes["tmp"]
@@ -240,7 +241,7 @@ def test_labels_and_selector() -> None:
     service = desired.desired_service(make(BASIC, name="emb"), state())
     assert service["spec"]["selector"] == sel
     assert service["spec"]["ports"][0]["port"] == 8080
-    assert desired.selector_string("emb") == (
+    assert labels.selector_string("emb") == (
         "app.kubernetes.io/instance=emb,app.kubernetes.io/name=batchpilot-runtime"
     )
 

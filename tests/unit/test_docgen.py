@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from batchpilot_contract import metrics
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator import api, crdgen, docgen
 from batchpilot_operator.__main__ import build_parser
 from batchpilot_operator.settings import OperatorSettings
-from batchpilot_runtime import settings, telemetry
-from batchpilot_runtime.config import BatchingConfig
+from batchpilot_runtime import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,15 +68,15 @@ def test_metrics_page_lists_every_metric_and_bucket_set() -> None:
     page = docgen.PAGES[docgen.REFERENCE / "metrics.md"]()
     names = [
         v
-        for k, v in vars(telemetry).items()
-        if k.isupper() and k != "PREFIX" and str(v).startswith(telemetry.PREFIX)
+        for k, v in vars(metrics).items()
+        if k.isupper() and k != "PREFIX" and str(v).startswith(metrics.PREFIX)
     ]
-    assert {telemetry.QUEUE_DEPTH, telemetry.DEVICE_INFO} <= set(names)
+    assert {metrics.QUEUE_DEPTH, metrics.DEVICE_INFO} <= set(names)
     for name in names:
         assert f"| `{name}` |" in page, name
-    assert ", ".join(f"`{o}`" for o in telemetry.OUTCOMES) in page
-    assert ", ".join(f"{b:g}" for b in telemetry.LATENCY_BUCKETS) + ", +Inf" in page
-    assert ", ".join(f"{b:g}" for b in telemetry.BATCH_SIZE_BUCKETS) + ", +Inf" in page
+    assert ", ".join(f"`{o}`" for o in metrics.OUTCOMES) in page
+    assert ", ".join(f"{b:g}" for b in metrics.LATENCY_BUCKETS) + ", +Inf" in page
+    assert ", ".join(f"{b:g}" for b in metrics.BATCH_SIZE_BUCKETS) + ", +Inf" in page
 
 
 def test_flag_pages_list_every_setting_with_its_variable_and_default() -> None:

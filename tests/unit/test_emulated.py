@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from bench.loop.simulator import run_virtual
 from fakeruntime import serve, until_ready
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_runtime import __main__ as runtime_main
 from batchpilot_runtime.app import create_app
 from batchpilot_runtime.backends import CLASSIFICATION_KIND, embedding_kind
@@ -32,7 +33,6 @@ from batchpilot_runtime.backends.emulated import (
     profile_names,
 )
 from batchpilot_runtime.batcher import Batch, Batcher
-from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.settings import Settings
 
 

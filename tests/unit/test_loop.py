@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fakepods import FakePod, scrape_of
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator import api
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.loop import (
@@ -25,7 +26,6 @@ from batchpilot_operator.loop import (
 from batchpilot_operator.metrics import Scrape, observe
 from batchpilot_operator.policy import CurrentState, Decision, Regime, Rule
 from batchpilot_operator.policy.rules import Note
-from batchpilot_runtime.config import BatchingConfig
 
 
 def pod(name: str, ip: str | None = "127.0.0.9", ready: bool = True, **meta: Any) -> dict[str, Any]:

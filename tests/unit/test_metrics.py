@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fakepods import FakePod, scrape_of
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator.metrics import (
     BATCH_SIZE,
     REQUEST_DURATION,
@@ -24,7 +25,6 @@ from batchpilot_operator.metrics import (
     scrape_pods,
     sum_histograms,
 )
-from batchpilot_runtime.config import BatchingConfig
 from batchpilot_runtime.telemetry import Telemetry
 
 

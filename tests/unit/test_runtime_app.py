@@ -16,7 +16,7 @@ import openai
 import pytest
 from fakeruntime import LABELS, FakeModel, serve, settings, until, until_ready, write_config
 
-from batchpilot_runtime import telemetry
+from batchpilot_contract import metrics
 from batchpilot_runtime.app import Runtime, create_app
 from batchpilot_runtime.backends import ServedModel
 
@@ -141,7 +141,7 @@ async def test_a_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
         model.gate.set()
         assert (await running).status_code == 200
         assert (await queued).status_code == 200
-        assert runtime.requests == {**dict.fromkeys(telemetry.OUTCOMES, 0), "ok": 2, "rejected": 1}
+        assert runtime.requests == {**dict.fromkeys(metrics.OUTCOMES, 0), "ok": 2, "rejected": 1}
 
 
 async def test_an_item_past_its_deadline_is_504(tmp_path: Path) -> None:
@@ -361,16 +361,16 @@ async def test_stats_and_metrics_follow_the_config_file(embedder: Any, tmp_path:
     write_config(tmp_path / "batching.json", maxBatchSize=7, maxWaitMs=12.5, generation=4)
     assert runtime.watcher.check()
     text = (await client.get("/metrics")).text
-    assert f"{telemetry.CONFIG_MAX_BATCH_SIZE} 7.0" in text
-    assert f"{telemetry.CONFIG_MAX_WAIT_SECONDS} 0.0125" in text
-    assert f"{telemetry.CONFIG_GENERATION} 4.0" in text
-    assert f'{telemetry.REQUESTS_TOTAL}{{outcome="ok"}} 3.0' in text
-    assert f"{telemetry.BATCH_SIZE}_count 3.0" in text
-    assert f"{telemetry.QUEUE_WAIT_SECONDS}_count 3.0" in text
-    assert f"{telemetry.REQUEST_DURATION_SECONDS}_count 3.0" in text
-    assert f"{telemetry.QUEUE_DEPTH} 0.0" in text
-    for bound in telemetry.LATENCY_BUCKETS:
-        assert f'{telemetry.BATCH_DURATION_SECONDS}_bucket{{le="{bound}"}}' in text
+    assert f"{metrics.CONFIG_MAX_BATCH_SIZE} 7.0" in text
+    assert f"{metrics.CONFIG_MAX_WAIT_SECONDS} 0.0125" in text
+    assert f"{metrics.CONFIG_GENERATION} 4.0" in text
+    assert f'{metrics.REQUESTS_TOTAL}{{outcome="ok"}} 3.0' in text
+    assert f"{metrics.BATCH_SIZE}_count 3.0" in text
+    assert f"{metrics.QUEUE_WAIT_SECONDS}_count 3.0" in text
+    assert f"{metrics.REQUEST_DURATION_SECONDS}_count 3.0" in text
+    assert f"{metrics.QUEUE_DEPTH} 0.0" in text
+    for bound in metrics.LATENCY_BUCKETS:
+        assert f'{metrics.BATCH_DURATION_SECONDS}_bucket{{le="{bound}"}}' in text
     assert runtime.batchers[0].batch_limit == 7
 
     (tmp_path / "batching.json").write_text('{"maxBatchSize": -1}')

@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_runtime.backends import ClassificationOutput, EmbeddingOutput, embedding_kind
 from batchpilot_runtime.backends.hf import TransformersModel, load_models
 from batchpilot_runtime.backends.memory import largest_fitting_batch
 from batchpilot_runtime.batcher import Batch, Batcher, OutOfMemory
-from batchpilot_runtime.config import BatchingConfig
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "day", "a", "b", "c"]
 

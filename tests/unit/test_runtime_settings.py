@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batchpilot_runtime.config import DEFAULT_CONFIG_PATH, BatchingConfig
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_runtime.reload import ConfigWatcher
-from batchpilot_runtime.settings import parse_settings, resolve_model_path
+from batchpilot_runtime.settings import DEFAULT_CONFIG_PATH, parse_settings, resolve_model_path
 
 
 def test_defaults() -> None:

@@ -27,8 +27,8 @@ from bench.loop.simulator import (
 )
 from bench.loop.traces import all_traces
 
+from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator.policy import TuningSpec
-from batchpilot_runtime.config import BatchingConfig
 
 # tokenise 1 ms + 0.1 ms/item, forward 10 ms + 2 ms/item
 PROFILE = ServiceProfile.linear((0.001, 0.0001), (0.010, 0.002), max_batch=64)

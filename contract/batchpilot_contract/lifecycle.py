@@ -1,4 +1,4 @@
-"""How long a runtime pod takes to stop, shared by the runtime and the operator's pod template.
+"""How long a runtime pod takes to stop: the runtime's defaults, and the pod's grace period.
 
 On SIGTERM the runtime turns unready at once and keeps serving for ``DRAIN_DELAY_SECONDS``
 while the Service's endpoints drop the pod (a pod's endpoint is removed at about the time its
@@ -7,11 +7,12 @@ connections and gives what was accepted at most ``GRACEFUL_TIMEOUT_SECONDS`` to 
 cancels what is left and exits. The pod's ``terminationGracePeriodSeconds`` must cover both,
 or the kubelet kills the process (137) while it still finishes accepted work. The delay is the
 runtime's own rather than a ``preStop`` hook: the image has no shell nor ``sleep`` and a
-read-only root file system. Torch-free: the operator imports it.
+read-only root file system.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 DRAIN_DELAY_SECONDS: Final = 5.0
@@ -27,3 +28,11 @@ shutdown gets its own answer (its result, 408 or 504) rather than a cut connecti
 
 SHUTDOWN_MARGIN_SECONDS: Final = 10.0
 """Headroom in the pod's grace period for releasing the models and exiting."""
+
+
+def termination_grace_seconds(
+    drain_delay: float = DRAIN_DELAY_SECONDS, graceful_timeout: float = GRACEFUL_TIMEOUT_SECONDS
+) -> int:
+    """The pod's ``terminationGracePeriodSeconds`` for a runtime stopping with these bounds:
+    the drain delay, then the graceful bound, then the margin for releasing the models."""
+    return math.ceil(drain_delay + graceful_timeout + SHUTDOWN_MARGIN_SECONDS)
