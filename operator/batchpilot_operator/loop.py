@@ -292,8 +292,8 @@ class TuningLoop:
             return None
         if not written:
             self.logger.info(
-                f"{self.namespace}/{self.name}: the object changed during the tick "
-                f"(a spec edit); decision {decision.action} dropped, the next tick decides"
+                f"{self.namespace}/{self.name}: the object changed during the tick (a spec "
+                f"edit); decision {decision.action} dropped, the next tick decides afresh"
             )
             result.conflict = True
             return result
