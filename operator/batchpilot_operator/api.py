@@ -526,10 +526,36 @@ class TunedStatus(_Base):
     )
 
 
-class LoopMemory(_Base):
-    """What the tuning loop has learnt beyond the knobs, kept so that an operator restart
-    resumes from it instead of from the defaults."""
+class Recommendation(_Base):
+    """One replica recommendation of the tuning loop (the scale-down window)."""
 
+    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it was made.")
+    replicas: int = Field(ge=0, description="The replicas the load needed then.")
+
+
+MAX_RECOMMENDATIONS = 128
+"""Most recommendations kept in status.loop (the newest; consecutive equal ones are kept as
+the first and last of their run)."""
+
+
+_TIME: JsonDict = {"format": "date-time"}
+
+
+class LoopStatus(_Base):
+    """The tuning loop's state, written only by the loop: the knobs it set, the spec values
+    they started from, and what its policy remembers between ticks. A new operator process
+    resumes from it."""
+
+    replicas: int | None = Field(default=None, ge=0, description="Replicas the loop set.")
+    max_batch_size: int | None = Field(default=None, ge=1, description="maxBatchSize the loop set.")
+    max_wait_ms: float | None = Field(default=None, ge=0.0, description="maxWaitMs the loop set.")
+    from_spec: SpecBasis | None = Field(
+        default=None,
+        description=(
+            "The spec values the loop's knobs started from: an edit of spec.replicas or "
+            "spec.batching since then wins over the loop's value."
+        ),
+    )
     utilization_target: float | None = Field(
         default=None,
         gt=0.0,
@@ -542,6 +568,28 @@ class LoopMemory(_Base):
         default=None,
         ge=0.0,
         description="The scale-down delay in force: the spec's, lengthened after flaps.",
+    )
+    last_scale_up: str | None = Field(
+        default=None, json_schema_extra=_TIME, description="When the loop last added replicas."
+    )
+    last_scale_down: str | None = Field(
+        default=None, json_schema_extra=_TIME, description="When it last removed replicas."
+    )
+    last_config_change: str | None = Field(
+        default=None, json_schema_extra=_TIME, description="When it last changed the config."
+    )
+    last_overload: str | None = Field(
+        default=None, json_schema_extra=_TIME, description="When a window last showed overload."
+    )
+    last_miss: str | None = Field(
+        default=None,
+        json_schema_extra=_TIME,
+        description="When a window last missed the target without overload.",
+    )
+    recommendations: list[Recommendation] | None = Field(
+        default=None,
+        max_length=MAX_RECOMMENDATIONS,
+        description="Recent replica recommendations, oldest first (the scale-down window).",
     )
 
 
@@ -589,9 +637,12 @@ class BatchedModelStatus(_Base):
         default=None,
         description="The operator's tuned state (replicas, batch size, wait, config generation).",
     )
-    loop: LoopMemory | None = Field(
+    loop: LoopStatus | None = Field(
         default=None,
-        description="What the tuning loop has learnt (resumed from after an operator restart).",
+        description=(
+            "The tuning loop's state: the knobs it set and its memory (resumed from after an "
+            "operator restart)."
+        ),
     )
     emulated: str | None = Field(
         default=None,
@@ -615,6 +666,9 @@ class ObjectMeta(_Base):
     namespace: str = Field(default="default", description="Object namespace.")
     uid: str | None = Field(default=None, description="Object UID.")
     generation: int | None = Field(default=None, description="Spec generation.")
+    resource_version: str | None = Field(
+        default=None, description="The version a write may be conditional on."
+    )
     labels: dict[str, str] | None = Field(default=None, description="Labels.")
 
 

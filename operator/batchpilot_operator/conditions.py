@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchpilot_contract.batching import BatchingConfig
 from batchpilot_contract.labels import selector_string
 from batchpilot_operator.api import EMULATED_SCHEME, BatchedModel, TunedState
 
@@ -36,17 +35,6 @@ BENIGN_WAITING_REASONS = frozenset({"", "ContainerCreating", "PodInitializing"})
 ImagePullBackOff, ErrImagePull, CreateContainerConfigError, a runtime's own reason such as
 ImageNotRunnable, ...) is a problem worth a Degraded condition."""
 MAX_MESSAGE = 1024
-IN_FORCE_KEYS = ("maxBatchSize", "maxWaitMs", "configGeneration")
-"""Status fields that show the batching config in force."""
-LOOP_KEYS = (
-    "requestsPerSecond",
-    "queueDepth",
-    "avgBatchSize",
-    "p95LatencyMs",
-    "lastDecision",
-    "loop",
-)
-"""Status fields only the tuning loop writes (cleared when autoscaling is off)."""
 
 
 def now_rfc3339(now: datetime | None = None) -> str:
@@ -253,16 +241,13 @@ def build_status(
     state: TunedState,
     observed: Observed,
     now: str,
-    in_force: BatchingConfig | None = None,
 ) -> dict[str, Any]:
-    """The status fields the reconciler owns, for what was observed.
-
-    ``in_force`` is the batching config the pods report running (the tuning loop knows it
-    from their metrics); without it, the config written to the ConfigMap is shown.
-    """
+    """The status the reconciler sees for what was observed, with the config written as the
+    one in force (:func:`batchpilot_operator.ownership.reconciler_fields` keeps the fields it
+    writes)."""
     st = _get(observed.deployment, "status") or {}
     ready = int(st.get("readyReplicas") or 0)
-    config = in_force or state.batching_config(bm.spec)
+    config = state.batching_config(bm.spec)
     conditions = desired_conditions(bm.metadata.generation, state.replicas, observed)
     previous = [c.model_dump(by_alias=True, exclude_none=True) for c in bm.status.conditions or []]
     status: dict[str, Any] = {

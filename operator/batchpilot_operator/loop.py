@@ -5,22 +5,27 @@ Each tick (every ``spec.autoscaling.intervalSeconds``; a kopf daemon in
 
 1. read the BatchedModel, list its runtime pods, scrape the ready ones' ``/metrics``;
 2. compare with the previous scrape into an :class:`~batchpilot_operator.metrics.Observation`;
-3. :func:`~batchpilot_operator.policy.decide` the next replicas, batch size and wait;
-4. apply it through the reconciler (``converge(adjust=...)``, under its per-object lock):
-   replicas on the Deployment, the config in the ConfigMap, the observation, the config the
-   pods report in force and the decision in status;
-5. after a config change, touch an annotation on every pod, starting ones too: the kubelet
+3. :func:`~batchpilot_operator.policy.decide` the next replicas, batch size and wait, from
+   the knobs now rendered (:func:`~batchpilot_operator.ownership.state_to_render`) and the
+   loop's memory (:class:`~batchpilot_operator.loopstate.LoopState`);
+4. write the loop's status fields in one patch conditional on the ``resourceVersion`` read in
+   step 1: its state in ``status.loop`` (the knobs it set and its memory), the observation,
+   the config the pods report in force and the decision. If the object changed meanwhile,
+   the write is retried only when the change cannot touch the decision (no spec edit, the
+   same state rendered); otherwise the tick is dropped and the spec edit wins;
+5. reconcile: the reconciler renders replicas and config from spec and status;
+6. after a config change, touch an annotation on every pod, starting ones too: the kubelet
    refreshes a mounted ConfigMap only on its next sync of the pod, and a pod update starts
    one at once. The loop then watches the pods' metrics until they all report the new
    generation, and records how long that took (an Event, and :attr:`TickResult.propagation_s`).
 
-The memory between ticks (the previous scrape, recent service-time points, the policy's
-timings) lives in :class:`TuningLoop`. What the policy learnt (its headroom and scale-down
-delay) is also written to ``status.loop``, and a new operator process resumes from it; the
-rest is lost on a restart, so the first tick after one only takes a baseline and holds.
+The loop's state is one object kept in memory and in ``status.loop``, from which a new
+operator process resumes; only the previous scrape and the service-time points are lost on a
+restart, so the first tick after one takes a baseline and holds.
 
 Kubernetes access goes through the small :class:`Kube` port (synchronous, run in a thread),
-so the loop is tested with fakes and runs against the real API server in the operator.
+so the loop is tested with fakes and runs against the real API server in the operator
+(:class:`batchpilot_operator.loopkube.KubeForLoop`).
 """
 
 from __future__ import annotations
@@ -29,14 +34,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from batchpilot_contract import pod as contract_pod
-from batchpilot_contract.batching import BatchingConfig
-from batchpilot_operator import api
 from batchpilot_operator.api import BatchedModel, TunedState
-from batchpilot_operator.conditions import now_rfc3339
+from batchpilot_operator.loopstate import Clocks, LoopState
+from batchpilot_operator.loopstatus import (
+    decision_stands,
+    decision_status,
+    in_force_status,
+    observation_status,
+)
 from batchpilot_operator.metrics import (
     Observation,
     Scrape,
@@ -44,6 +53,7 @@ from batchpilot_operator.metrics import (
     observe,
     scrape_pods,
 )
+from batchpilot_operator.ownership import loop_fields, state_to_render
 from batchpilot_operator.policy import CurrentState, Decision, TuningSpec, decide
 
 LOGGER = logging.getLogger("batchpilot.loop")
@@ -56,10 +66,11 @@ PROPAGATION_POLL_S = 0.25
 """How often the pods' metrics are read while a new config propagates."""
 PROPAGATION_TIMEOUT_S = 10.0
 """Longest the loop watches a new config propagate within one tick (the next ticks see it)."""
+WRITE_ATTEMPTS = 3
+"""Status writes tried per tick when the object changed in ways that leave the decision
+standing (a status write of the reconciler's, kopf's annotations)."""
 
 Scraper = Callable[[Mapping[str, str]], Awaitable[Scrape]]
-Adjust = Callable[[BatchedModel, TunedState], TunedState]
-"""The reconciler's tuning hook: the state to apply, from the object and the current state."""
 Policy = Callable[[Observation, CurrentState, TuningSpec, float], Decision]
 
 
@@ -74,16 +85,15 @@ class Kube(Protocol):
         """The BatchedModel's runtime pods, as the API returns them."""
         ...
 
-    def apply(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        adjust: Adjust,
-        extra_status: Mapping[str, Any],
-        in_force: BatchingConfig | None,
-    ) -> TunedState | None:
-        """Converge the children and status with ``adjust``; the state applied (None: gone)."""
+    def patch_status(
+        self, namespace: str, name: str, fields: Mapping[str, Any], resource_version: str | None
+    ) -> bool:
+        """Merge ``fields`` into status if the object is still at ``resource_version``;
+        False if it changed (409 Conflict) or is gone."""
+        ...
+
+    def reconcile(self, namespace: str, name: str) -> TunedState | None:
+        """Converge the children and status; the state rendered (None: gone)."""
         ...
 
     def touch_pods(self, namespace: str, pods: list[str], generation: int) -> None:
@@ -111,6 +121,9 @@ class TickResult:
     propagation_s: float | None = None
     """Seconds from writing a new config to every ready pod reporting it (None: no change,
     or not every pod within :data:`PROPAGATION_TIMEOUT_S`; the next ticks then wait for it)."""
+    conflict: bool = False
+    """The object changed between the read and the write in a way that may touch the
+    decision (a spec edit): nothing was written, and the next tick decides afresh."""
 
 
 # ------------------------------------------------------------------------ pure helpers
@@ -153,53 +166,6 @@ def pod_templates(pods: list[dict[str, Any]]) -> frozenset[str]:
     return frozenset(label[TEMPLATE_LABEL] for label in labels if TEMPLATE_LABEL in label)
 
 
-def in_force_config(obs: Observation, spec: api.BatchedModelSpec) -> BatchingConfig | None:
-    """The batching config the pods report running: the oldest generation among them, so
-    status never shows a config as in force before every pod runs it. None if none report."""
-    reported = [
-        (c.generation, c.max_batch_size, c.max_wait_s)
-        for c in obs.configs.values()
-        if c.generation is not None and c.max_batch_size is not None and c.max_wait_s is not None
-    ]
-    if not reported:
-        return None
-    generation, size, wait_s = min(reported)
-    return BatchingConfig(
-        max_batch_size=size,
-        max_wait_ms=round(wait_s * 1000.0, 3),
-        max_queue=spec.batching.max_queue,
-        request_timeout_ms=spec.batching.request_timeout_ms,
-        generation=generation,
-    )
-
-
-def observation_status(obs: Observation | None) -> dict[str, Any]:
-    """The status fields that show the last window (empty when it covered no pod).
-    Rounded, so that status changes only with the load, not with noise in the last digit."""
-    if obs is None or obs.pods_paired == 0:
-        return {}
-    coverage = obs.pods_paired / max(1, obs.pods_expected)
-    out: dict[str, Any] = {
-        "requestsPerSecond": round(obs.arrival_rate / coverage, 1),
-        "queueDepth": round(obs.queue_depth, 1),
-    }
-    if obs.mean_batch_size is not None:
-        out["avgBatchSize"] = round(obs.mean_batch_size, 1)
-    if obs.latency_p95_s is not None:
-        out["p95LatencyMs"] = round(obs.latency_p95_s * 1000.0, 1)
-    return out
-
-
-def loop_memory_status(d: Decision) -> dict[str, Any] | None:
-    """``status.loop``: what the loop learnt, for a new operator process to resume from."""
-    util, delay = d.utilization_target, d.scale_down_delay_s
-    memory = api.LoopMemory(
-        utilization_target=None if util is None else round(util, 4),
-        scale_down_delay_seconds=None if delay is None else round(delay, 1),
-    ).model_dump(by_alias=True, exclude_none=True)
-    return memory or None
-
-
 def decision_event(before: CurrentState, d: Decision) -> LoopEvent | None:
     """The Event recording a decision that changes something (None for a hold)."""
     if not (d.replicas_changed or d.config_changed):
@@ -217,10 +183,6 @@ def decision_event(before: CurrentState, d: Decision) -> LoopEvent | None:
     return LoopEvent("Normal", reason, f"{', '.join(changes)}: {d.reason}")
 
 
-def _knobs(state: TunedState) -> tuple[int, int, float]:
-    return (state.replicas, state.max_batch_size, state.max_wait_ms)
-
-
 # ------------------------------------------------------------------------------ the loop
 
 
@@ -236,6 +198,7 @@ class TuningLoop:
         scrape: Scraper | None = None,
         policy: Policy = decide,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         propagation_timeout_s: float = PROPAGATION_TIMEOUT_S,
         logger: logging.Logger | logging.LoggerAdapter[Any] = LOGGER,
     ) -> None:
@@ -245,50 +208,38 @@ class TuningLoop:
         self.scrape: Scraper = scrape or (lambda targets: scrape_pods(targets, clock=clock))
         self.policy = policy
         self.clock = clock
+        self.wall_clock = wall_clock
         self.propagation_timeout_s = propagation_timeout_s
         self.logger = logger
         self.previous: Scrape | None = None
         self.history = ServiceHistory(per_band=HISTORY_PER_BAND)
         self.history_template: str | None = None
         """The pod template the service-time history was measured on."""
-        self.state: CurrentState | None = None
+        self.state: LoopState | None = None
+        """The state of the last tick whose status write succeeded (as in ``status.loop``)."""
         self.pending: tuple[int, float] | None = None
         """(generation, time written) of a config not yet reported by every pod."""
 
-    def current(self, tuned: TunedState, memory: api.LoopMemory | None = None) -> CurrentState:
-        """The policy's state: the knobs as the reconciler last applied them, with the loop's
-        own memory of timings and recent recommendations; that memory is dropped when the
-        knobs were moved outside the loop (a spec edit, ``kubectl scale``). A loop that has
-        not decided yet (a new operator process) resumes the headroom and scale-down delay
-        from ``memory``, the status an earlier one wrote."""
-        knobs = _knobs(tuned)
-        if self.state is None and memory is not None:  # only before the first decision
-            self.state = CurrentState(
-                *knobs,
-                generation=tuned.config_generation,
-                utilization_target=memory.utilization_target,
-                scale_down_delay_s=memory.scale_down_delay_seconds,
-            )
-        if self.state is not None and knobs != (
-            self.state.replicas,
-            self.state.max_batch_size,
-            self.state.max_wait_ms,
-        ):
-            # Edited outside the loop (spec, kubectl scale, new bounds): the tuning restarts
-            # from there, and the scale-down delay counts from now, not from old history.
+    def clocks(self) -> Clocks:
+        """The loop's clock and the wall clock, now."""
+        return Clocks(self.clock(), self.wall_clock())
+
+    def resume(self, bm: BatchedModel, running: TunedState) -> LoopState:
+        """The loop's state for this tick: the one in memory or, in a new operator process,
+        the one in ``status.loop``; fresh when the knobs now rendered are not the ones it set
+        (a spec edit, ``kubectl scale``, new bounds): the tuning restarts from them, and the
+        scale-down delay counts from now, not from old history."""
+        state = self.state
+        if state is None and bm.status.loop is not None:
+            state = LoopState.from_status(bm.status.loop, running, self.clocks())
+        if state is not None and not state.set_here(running):
+            knobs = (running.replicas, running.max_batch_size, running.max_wait_ms)
             self.logger.info(
                 f"{self.namespace}/{self.name}: knobs set to {knobs} outside the loop; "
                 "tuning restarts from them"
             )
-            self.state = None
-        base = self.state or CurrentState(*knobs, generation=tuned.config_generation)
-        return replace(
-            base,
-            replicas=tuned.replicas,
-            max_batch_size=tuned.max_batch_size,
-            max_wait_ms=tuned.max_wait_ms,
-            generation=tuned.config_generation,
-        )
+            state = None
+        return state or LoopState.fresh(running)
 
     def _follow_template(self, templates: frozenset[str]) -> None:
         """Forget the service times measured on another pod template once a rollout to a
@@ -307,7 +258,7 @@ class TuningLoop:
         self.history_template = template
 
     async def tick(self) -> TickResult | None:
-        """Observe, decide and apply once. None when the BatchedModel is gone."""
+        """Observe, decide, write and reconcile once. None when the BatchedModel is gone."""
         bm = await asyncio.to_thread(self.kube.read, self.namespace, self.name)
         if bm is None:
             return None
@@ -323,50 +274,33 @@ class TuningLoop:
         for pod, why in sorted(obs.missing.items()):
             self.logger.info(f"{self.namespace}/{self.name}: no metrics from {pod}: {why}")
 
-        tuned = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
-        before = self.current(tuned, bm.status.loop)
+        running = state_to_render(bm)
+        state = self.resume(bm, running)
+        before = state.current(running)
         now = self.clock()
         decision = self.policy(obs, before, spec, now)
         result.decision = decision
-
-        def adjust(fresh: BatchedModel, state: TunedState) -> TunedState:
-            if _knobs(state) != _knobs(tuned):
-                return state  # the spec was edited meanwhile: the next tick decides afresh
-            return replace(
-                state,
-                replicas=decision.replicas,
-                max_batch_size=decision.max_batch_size,
-                max_wait_ms=decision.max_wait_ms,
-            )
-
-        in_force = in_force_config(obs, bm.spec)
-        extra = {
+        after = state.after(decision, before, running, now)
+        fields = {
             **observation_status(obs),
-            "lastDecision": {
-                "time": now_rfc3339(),
-                "action": decision.action,
-                "reason": decision.reason[:4096],
-                "neededReplicas": decision.needed_replicas,
-            },
-            "loop": loop_memory_status(decision),
+            **in_force_status(obs, bm),
+            "lastDecision": decision_status(decision),
+            "loop": after.to_status(self.clocks()),
         }
-        applied = await asyncio.to_thread(
-            self.kube.apply,
-            self.namespace,
-            self.name,
-            adjust=adjust,
-            extra_status=extra,
-            in_force=in_force,
-        )
+        written = await self._write(bm, running, loop_fields(fields))
+        if written is None:
+            return None
+        if not written:
+            self.logger.info(
+                f"{self.namespace}/{self.name}: the object changed during the tick (a spec "
+                f"edit); decision {decision.action} dropped, the next tick decides afresh"
+            )
+            result.conflict = True
+            return result
+        self.state = after
+        applied = await asyncio.to_thread(self.kube.reconcile, self.namespace, self.name)
         if applied is None:
             return None
-        self.state = replace(
-            decision.next_state(before, now),
-            replicas=applied.replicas,
-            max_batch_size=applied.max_batch_size,
-            max_wait_ms=applied.max_wait_ms,
-            generation=applied.config_generation,
-        )
         event = decision_event(before, decision)
         if event is not None:
             result.events.append(event)
@@ -374,16 +308,37 @@ class TuningLoop:
 
         live = live_pod_names(pods)
         if applied.config_generation > before.generation and live:
-            written = self.clock()
+            written_at = self.clock()
             await asyncio.to_thread(
                 self.kube.touch_pods, self.namespace, live, applied.config_generation
             )
             if targets:
-                self.pending = (applied.config_generation, written)
+                self.pending = (applied.config_generation, written_at)
                 await self._watch_propagation(targets, result)
         elif self.pending is not None:
             self._check_propagation(obs, len(targets), result)
         return result
+
+    async def _write(
+        self, bm: BatchedModel, running: TunedState, fields: Mapping[str, Any]
+    ) -> bool | None:
+        """Write ``fields`` conditionally on ``bm``'s version. On a conflict, read again and
+        retry only if the decision still stands: the same spec generation, the same state
+        rendered, the same loop state. True: written; False: dropped; None: gone."""
+        for _ in range(WRITE_ATTEMPTS):
+            rv = bm.metadata.resource_version
+            ok = await asyncio.to_thread(
+                self.kube.patch_status, self.namespace, self.name, fields, rv
+            )
+            if ok:
+                return True
+            fresh = await asyncio.to_thread(self.kube.read, self.namespace, self.name)
+            if fresh is None:
+                return None
+            if not decision_stands(bm, fresh, running):
+                return False
+            bm = fresh
+        return False
 
     async def _watch_propagation(self, targets: Mapping[str, str], result: TickResult) -> None:
         """Read the pods' metrics until every one reports the pending generation (bounded)."""

@@ -17,8 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,13 +26,17 @@ import kubernetes
 import pytest
 import yaml
 
-from batchpilot_contract.batching import BatchingConfig, configmap_name
+from batchpilot_contract.batching import configmap_name
 from batchpilot_contract.labels import SPEC_HASH_ANNOTATION, selector_labels, selector_string
 from batchpilot_localcluster.cluster import LocalCluster
 from batchpilot_localcluster.kwokconfig import gpu_toleration
 from batchpilot_localcluster.waits import wait_for
-from batchpilot_operator import handlers
-from batchpilot_operator.api import BatchedModel, TunedState
+from batchpilot_operator import kube, reconcile
+from batchpilot_operator.api import TunedState
+from batchpilot_operator.loop import TuningLoop
+from batchpilot_operator.loopkube import KubeForLoop
+from batchpilot_operator.metrics import Scrape
+from batchpilot_operator.policy import CurrentState, Decision, Regime, Rule
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "batchedmodels.yaml"
@@ -710,105 +713,189 @@ def test_helm_install_runs_the_operator_with_only_the_charts_rbac(
         cluster.helm("uninstall", release, "-n", namespace, "--wait", check=False)
 
 
-def test_tuning_hook_applies_a_decision_that_persists(
-    cluster: LocalCluster, namespace: str, crd: None, models: Models, tmp_path: Path
-) -> None:
-    """The tuning loop's entry point: converge(adjust=...) applies replicas to the
-    Deployment and batch size and wait to the ConfigMap, and the state survives in status."""
-    models.apply(
-        "tuned",
-        kwok_spec(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 4}),
-    )
+def api_clients(cluster: LocalCluster) -> kube.Clients:
     configuration = kubernetes.client.Configuration()
     kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
         config_file=str(cluster.kubeconfig), client_configuration=configuration
     )
-    clients = handlers.Clients(kubernetes.client.ApiClient(configuration))
-    first = handlers.converge(namespace, "tuned", api_clients=clients)
+    return kube.Clients(kubernetes.client.ApiClient(configuration))
+
+
+async def no_metrics(targets: Mapping[str, str]) -> Scrape:
+    """kwok pods serve nothing: every pod missing, as a scrape of them would find."""
+    return Scrape(time=time.monotonic(), samples={}, missing=dict.fromkeys(targets, "kwok"))
+
+
+TUNED_SPEC = kwok_spec(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 4})
+
+
+def stub_decision(
+    action: str,
+    replicas: int,
+    size: int,
+    wait: float,
+    replicas_changed: bool,
+    config_changed: bool,
+    **memory: Any,
+) -> Decision:
+    """A decision as a policy stub returns it."""
+    return Decision(
+        action=action,
+        replicas=replicas,
+        max_batch_size=size,
+        max_wait_ms=wait,
+        regime=Regime.OVERLOAD if replicas_changed else Regime.WITHIN,
+        config_rule=Rule.WITHIN,
+        replica_rule=Rule.SCALE_UP if replicas_changed else Rule.WITHIN,
+        notes=(),
+        replicas_changed=replicas_changed,
+        config_changed=config_changed,
+        recommendations=memory.pop("recommendations", ()),
+        **memory,
+    )
+
+
+def scale_up(_obs: Any, cur: CurrentState, _spec: Any, now: float) -> Decision:
+    return stub_decision(
+        *("scale-up+retune", 3, 64, 8.0, True, True),
+        recommendations=((now - 5.0, 1), (now, 3)),
+        utilization_target=0.75,
+        last_overload=now,
+        scale_down_delay_s=240.0,
+        needed_replicas=3,
+    )
+
+
+async def test_the_loop_writes_its_state_and_the_reconcile_renders_it(
+    cluster: LocalCluster, namespace: str, crd: None, models: Models, tmp_path: Path
+) -> None:
+    """The tuning loop against the real API server: one conditional status write (its state
+    in status.loop, the decision), then the reconcile renders replicas on the Deployment and
+    batch size and wait in the ConfigMap from spec and status; a new operator process resumes
+    the loop's state from status and reverts nothing."""
+    models.apply("tuned", TUNED_SPEC)
+    clients = api_clients(cluster)
+    first = reconcile.converge(namespace, "tuned", api_clients=clients)
     assert first is not None
     assert first.state == TunedState(1, 32, 5.0, 1)
 
-    def decide(bm: BatchedModel, state: TunedState) -> TunedState:
-        assert bm.name == "tuned"
-        return replace(state, replicas=3, max_batch_size=64, max_wait_ms=8.0)
-
-    decision = {
-        "time": "2026-01-01T00:00:00Z",
-        "action": "scale-up",
-        "reason": "queue grows",
-        "neededReplicas": 3,
-    }
-    learnt = {"utilizationTarget": 0.75, "scaleDownDelaySeconds": 240.0}
-    done = handlers.converge(
+    loop = TuningLoop(
         namespace,
         "tuned",
-        api_clients=clients,
-        adjust=decide,
-        extra_status={"lastDecision": decision, "loop": learnt},
+        KubeForLoop(api_clients=clients),
+        scrape=no_metrics,
+        policy=scale_up,
+        propagation_timeout_s=1.0,
     )
-    assert done is not None
-    assert done.state == TunedState(3, 64, 8.0, 2)
-    assert sorted(a.split(" (")[0] for a in done.actions) == [
-        "Updated ConfigMap tuned-batching",
-        "Updated Deployment tuned",
-    ]
-    assert "Updated Deployment tuned (spec.replicas)" in done.actions
+    result = await loop.tick()
+    assert result is not None
+    assert not result.conflict
+    assert [e.reason for e in result.events] == ["ScaledUp"]
     config = models.configmap_config("tuned")
     assert (config["maxBatchSize"], config["maxWaitMs"], config["generation"]) == (64, 8.0, 2)
     assert models.must("deployment", "tuned")["spec"]["replicas"] == 3
     status = models.must("batchedmodel", "tuned")["status"]
-    assert status["tuned"]["replicas"] == 3
-    assert status["lastDecision"] == decision  # in the CRD's schema: not pruned
-    assert status["loop"] == learnt
-    # A decision that sized nothing clears the need of the one before (null in the merge)
-    unsized = {"time": "2026-01-01T00:00:05Z", "action": "hold", "reason": "metrics missing"}
-    handlers.converge(
-        namespace,
-        "tuned",
-        api_clients=clients,
-        extra_status={"lastDecision": {**unsized, "neededReplicas": None}},
-    )
-    assert models.must("batchedmodel", "tuned")["status"]["lastDecision"] == unsized
-    # What the pods report running (the loop reads it from their metrics) is what status
-    # shows as in force; a reconcile that does not know it leaves it alone.
-    reported = BatchingConfig(maxBatchSize=32, maxWaitMs=5.0, generation=1)
-    handlers.converge(namespace, "tuned", api_clients=clients, in_force=reported)
-    handlers.converge(namespace, "tuned", api_clients=clients)
-    status = models.must("batchedmodel", "tuned")["status"]
+    assert status["tuned"] == {
+        "replicas": 3,
+        "maxBatchSize": 64,
+        "maxWaitMs": 8.0,
+        "configGeneration": 2,
+        "fromSpec": {"replicas": 1, "maxBatchSize": 32, "maxWaitMs": 5.0},
+    }
+    learnt = status["loop"]
+    assert (learnt["replicas"], learnt["maxBatchSize"], learnt["maxWaitMs"]) == (3, 64, 8.0)
+    assert (learnt["utilizationTarget"], learnt["scaleDownDelaySeconds"]) == (0.75, 240.0)
+    assert [r["replicas"] for r in learnt["recommendations"]] == [1, 3]
+    assert {"lastScaleUp", "lastConfigChange", "lastOverload"} <= set(learnt)
+    assert status["lastDecision"]["neededReplicas"] == 3  # in the CRD's schema: not pruned
+    # No pod reports a config yet: status shows the one first written as in force.
     assert (status["maxBatchSize"], status["configGeneration"]) == (32, 1)
-    assert (status["tuned"]["maxBatchSize"], status["tuned"]["configGeneration"]) == (64, 2)
-    # Beyond the bounds: clamped to maxReplicas.
-    wild = handlers.converge(
-        namespace, "tuned", api_clients=clients, adjust=lambda bm, s: replace(s, replicas=99)
-    )
-    assert wild is not None
-    assert wild.state.replicas == 4
 
-    # An operator process started now resumes from status.tuned: nothing is reverted.
+    # An operator process started now resumes from status: nothing is reverted, and its own
+    # loop (every pod missing: a hold) carries the memory on instead of starting afresh.
     op = Operator(cluster, namespace, tmp_path / "operator.log")
     op.start()
     try:
-        until(
-            lambda: (h := op.health()) and h.get("reconciles", 0) >= 1,
-            "the operator to reconcile",
+        held = until(
+            lambda: (
+                (bm := models.must("batchedmodel", "tuned"))["status"]["lastDecision"]["reason"]
+                != "queue grows"
+                and bm
+            ),
+            "the operator's own tick",
         )
+        status = held["status"]
+        assert status["lastDecision"]["action"] == "hold"
+        assert "neededReplicas" not in status["lastDecision"]  # cleared: nothing sized
+        assert status["loop"] == learnt
         models.wait_ready("tuned")
-        assert models.must("deployment", "tuned")["spec"]["replicas"] == 4
+        assert models.must("deployment", "tuned")["spec"]["replicas"] == 3
         assert models.configmap_config("tuned")["generation"] == 2
     finally:
         op.stop()
+    assert "Traceback" not in op.log(), op.log()
 
-    # Autoscaling turned off: the loop's observation and last decision leave status.
-    models.kubectl(
-        "patch",
-        "bm",
-        "tuned",
-        "--type=merge",
-        "-p",
-        '{"spec": {"autoscaling": {"enabled": false}}}',
-    )
-    handlers.converge(namespace, "tuned", api_clients=clients)
+    # Autoscaling turned off: the loop's fields leave status, the spec's values come back.
+    off = '{"spec": {"autoscaling": {"enabled": false}}}'
+    models.kubectl("patch", "bm", "tuned", "--type=merge", "-p", off)
+    reconcile.converge(namespace, "tuned", api_clients=clients)
     status = models.must("batchedmodel", "tuned")["status"]
     assert "lastDecision" not in status
     assert "loop" not in status
-    assert status["tuned"]["replicas"] == 1  # the spec's value again
+    assert status["tuned"]["replicas"] == 1
+    assert (status["maxBatchSize"], status["configGeneration"]) == (32, 3)
+
+
+async def test_a_spec_edit_between_the_loops_read_and_write_wins(
+    cluster: LocalCluster, namespace: str, crd: None, models: Models
+) -> None:
+    """The loop's status write is conditional on the resourceVersion it read: a spec edit
+    made while it decides makes the API server refuse the write (409), and the edit wins."""
+    models.apply("raced", TUNED_SPEC)
+    clients = api_clients(cluster)
+    reconcile.converge(namespace, "raced", api_clients=clients)
+    read = models.must("batchedmodel", "raced")
+
+    def edited_meanwhile(obs: Any, cur: CurrentState, spec: Any, now: float) -> Decision:
+        models.kubectl("scale", "bm", "raced", "--replicas=2")  # between the read and the write
+        return scale_up(obs, cur, spec, now)
+
+    loop = TuningLoop(
+        namespace,
+        "raced",
+        KubeForLoop(api_clients=clients),
+        scrape=no_metrics,
+        policy=edited_meanwhile,
+        propagation_timeout_s=1.0,
+    )
+    result = await loop.tick()
+    assert result is not None
+    assert result.conflict
+    assert result.events == []
+    bm = models.must("batchedmodel", "raced")
+    assert bm["metadata"]["generation"] == read["metadata"]["generation"] + 1
+    assert "loop" not in bm["status"]  # the decision was not written
+    assert "lastDecision" not in bm["status"]
+    # The write the loop attempted, with the version it had read, is refused by the server.
+    stale = read["metadata"]["resourceVersion"]
+    with pytest.raises(kubernetes.client.exceptions.ApiException) as refused:
+        kube.patch_status(clients, namespace, "raced", {"loop": {"replicas": 3}}, stale)
+    assert refused.value.status == 409
+    # The edit's reconcile renders it; the next tick starts from it.
+    done = reconcile.converge(namespace, "raced", api_clients=clients)
+    assert done is not None
+    assert done.state.replicas == 2
+    assert models.must("deployment", "raced")["spec"]["replicas"] == 2
+    seen: list[CurrentState] = []
+
+    def hold(_obs: Any, cur: CurrentState, *_: Any) -> Decision:
+        seen.append(cur)
+        knobs = (cur.replicas, cur.max_batch_size, cur.max_wait_ms)
+        return stub_decision("hold", *knobs, False, False)
+
+    loop.policy = hold
+    again = await loop.tick()
+    assert again is not None
+    assert not again.conflict
+    assert seen[0].replicas == 2
+    assert models.must("batchedmodel", "raced")["status"]["loop"]["replicas"] == 2

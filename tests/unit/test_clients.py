@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
-from batchpilot_operator import handlers
+from batchpilot_operator import kube
 
 
 @pytest.fixture
@@ -23,13 +23,13 @@ def loaded_configuration() -> Iterator[None]:
 
 @pytest.mark.usefixtures("loaded_configuration")
 def test_the_pool_keeps_the_loaded_server_and_credentials() -> None:
-    pooled = handlers.pooled_configuration()
-    assert pooled.connection_pool_maxsize == handlers.API_CONNECTIONS
+    pooled = kube.pooled_configuration()
+    assert pooled.connection_pool_maxsize == kube.API_CONNECTIONS
     assert (
         pooled.connection_pool_maxsize > kubernetes.client.Configuration().connection_pool_maxsize
     )
     assert pooled.host == "https://127.0.0.1:6443"
     assert pooled.api_key == {"authorization": "Bearer t"}
-    client = handlers.Clients(kubernetes.client.ApiClient(pooled))
+    client = kube.Clients(kubernetes.client.ApiClient(pooled))
     pool = client.core.api_client.rest_client.pool_manager
-    assert pool.connection_pool_kw["maxsize"] == handlers.API_CONNECTIONS
+    assert pool.connection_pool_kw["maxsize"] == kube.API_CONNECTIONS

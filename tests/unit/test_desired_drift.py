@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from batchpilot_operator import handlers
+from batchpilot_operator import handlers, kube
 from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.desired import desired_deployment
 
@@ -33,34 +33,34 @@ def test_fields_the_server_adds_are_not_drift() -> None:
         **want["spec"]["template"],
         "spec": {**want["spec"]["template"]["spec"], "containers": [container]},
     }
-    assert handlers.drift(want, live) == []
+    assert kube.drift(want, live) == []
 
 
 def test_changed_values_are_drift_with_their_paths() -> None:
     want = {"spec": {"replicas": 1, "template": {"containers": [{"image": "a", "args": ["x"]}]}}}
     live = {"spec": {"replicas": 3, "template": {"containers": [{"image": "b", "args": []}]}}}
-    assert handlers.drift(want, live) == [
+    assert kube.drift(want, live) == [
         ".spec.replicas",
         ".spec.template.containers[0].image",
         ".spec.template.containers[0].args",
     ]
-    assert handlers.drift({"data": {"k": "v"}}, {}) == [".data"]
-    assert handlers.drift({"a": {"b": 1}}, {"a": "flat"}) == [".a"]
+    assert kube.drift({"data": {"k": "v"}}, {}) == [".data"]
+    assert kube.drift({"a": {"b": 1}}, {"a": "flat"}) == [".a"]
 
 
 def test_equal_scalars_in_another_spelling_are_not_drift() -> None:
-    assert handlers.drift({"port": "8080"}, {"port": 8080}) == []
-    assert handlers.drift({"wait": 5.0}, {"wait": 5}) == []
-    assert handlers.drift({"flag": False}, {"flag": "False"}) == [".flag"]
+    assert kube.drift({"port": "8080"}, {"port": 8080}) == []
+    assert kube.drift({"wait": 5.0}, {"wait": 5}) == []
+    assert kube.drift({"flag": False}, {"flag": "False"}) == [".flag"]
 
 
 def test_api_failures_are_classified() -> None:
     for status in (409, 429, 500, 503, 504):
-        assert isinstance(handlers._classify(ApiException(status=status)), handlers.TransientError)
+        assert isinstance(kube.classify(ApiException(status=status)), kube.TransientError)
     for status in (400, 403, 422):
-        assert isinstance(handlers._classify(ApiException(status=status)), handlers.PermanentError)
+        assert isinstance(kube.classify(ApiException(status=status)), kube.PermanentError)
     refused = urllib3.exceptions.NewConnectionError(None, "connection refused")  # type: ignore[arg-type]
-    assert isinstance(handlers._classify(refused), handlers.TransientError)
+    assert isinstance(kube.classify(refused), kube.TransientError)
 
 
 def test_backoff_grows_and_is_capped() -> None:

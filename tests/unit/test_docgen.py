@@ -54,7 +54,7 @@ def test_crd_page_lists_every_field_with_its_default_and_rules() -> None:
         (api.Batching, "batching."),
         (api.EnvVar, "env[]."),
         (api.BatchedModelStatus, ""),
-        (api.LoopMemory, "loop."),
+        (api.LoopStatus, "loop."),
     ):
         for key in aliases(model, prefix):
             assert key in keys, key

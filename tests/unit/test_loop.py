@@ -1,6 +1,7 @@
-"""The tuning loop's glue: pods to targets, observation to status, decisions to the children,
-Events and the config's propagation. Kubernetes is a fake here (the cluster and e2e layers
-run the loop against the real API server); metrics are written by prometheus_client."""
+"""The tuning loop's glue: pods to targets, observation to status, decisions written to
+status and rendered by the reconcile, Events and the config's propagation. Kubernetes is a
+fake here (the cluster and e2e layers run the loop against the real API server); metrics are
+written by prometheus_client."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from fakepods import FakePod, scrape_of
+from policystubs import stub_decision
 
 from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator import api
@@ -18,13 +20,13 @@ from batchpilot_operator.api import BatchedModel, TunedState
 from batchpilot_operator.loop import (
     TuningLoop,
     decision_event,
-    in_force_config,
-    observation_status,
     pod_templates,
     ready_pod_targets,
 )
+from batchpilot_operator.loopstatus import in_force_config, observation_status
 from batchpilot_operator.metrics import Scrape, observe
-from batchpilot_operator.policy import CurrentState, Decision, Regime, Rule
+from batchpilot_operator.ownership import state_to_render
+from batchpilot_operator.policy import CurrentState, Decision, Rule
 from batchpilot_operator.policy.rules import Note
 
 
@@ -114,38 +116,10 @@ def test_observation_status_only_for_a_window_that_covers_pods() -> None:
 
 
 def decision(replicas: int, size: int, wait: float, *notes: Note) -> Decision:
-    return Decision(
-        action="x",
-        replicas=replicas,
-        max_batch_size=size,
-        max_wait_ms=wait,
-        regime=Regime.WITHIN,
-        config_rule=Rule.WITHIN,
-        replica_rule=Rule.SCALE_UP,
-        notes=notes,
-        replicas_changed=replicas != 2,
-        config_changed=(size, wait) != (8, 5.0),
-        recommendations=(),
-    )
+    return stub_decision("x", replicas, size, wait, replicas != 2, (size, wait) != (8, 5.0), *notes)
 
 
-def made(
-    action: str,
-    replicas: int,
-    size: int,
-    wait: float,
-    replicas_changed: bool,
-    config_changed: bool,
-    **memory: Any,
-) -> Decision:
-    """A decision as a policy stub returns it."""
-    return replace(
-        decision(replicas, size, wait),
-        action=action,
-        replicas_changed=replicas_changed,
-        config_changed=config_changed,
-        **memory,
-    )
+made = stub_decision
 
 
 def test_decision_events_name_what_changed_and_why() -> None:
@@ -168,10 +142,26 @@ def test_decision_events_name_what_changed_and_why() -> None:
 # ------------------------------------------------------------------ the loop, on a fake API
 
 
+def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386), as the API server applies it."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_patch(out[key], value)
+        elif isinstance(value, Mapping):
+            out[key] = merge_patch({}, value)
+        else:
+            out[key] = value
+    return out
+
+
 @dataclass
 class FakeKube:
-    """A BatchedModel and its pods. ``apply`` does what the reconciler does to the tuned
-    state: resolve it from spec and status, adjust, clamp, settle the generation."""
+    """A BatchedModel and its pods, with a resourceVersion that every write moves on.
+    ``reconcile`` does what the reconciler does to the tuned state: render it from spec and
+    status, settle the generation against the ConfigMap, record it in ``status.tuned``."""
 
     body: dict[str, Any]
     pods: dict[str, FakePod]
@@ -181,12 +171,23 @@ class FakeKube:
     templates: dict[str, str] = field(default_factory=dict)
     """Pod name -> its ``pod-template-hash`` label (none when absent)."""
     touched: list[tuple[list[str], int]] = field(default_factory=list)
-    applied: list[dict[str, Any]] = field(default_factory=list)
+    writes: list[dict[str, Any]] = field(default_factory=list)
+    """The loop's status writes that were accepted."""
+    conflicts: int = 0
     gone: bool = False
-    edit_before_apply: Callable[[], None] | None = None
+    version: int = 1
+    before_write: Callable[[], None] | None = None
+    """Runs once, between the loop's read and its status write."""
 
     def bm(self) -> BatchedModel:
-        return BatchedModel.from_body({**self.body, "status": self.status})
+        meta = {**self.body["metadata"], "resourceVersion": str(self.version)}
+        return BatchedModel.from_body({**self.body, "metadata": meta, "status": self.status})
+
+    def edit_spec(self, **fields: Any) -> None:
+        """A spec edit (``kubectl scale``, ``kubectl patch``): a new generation."""
+        self.body["spec"] = merge_patch(self.body["spec"], fields)
+        self.body["metadata"]["generation"] += 1
+        self.version += 1
 
     def read(self, namespace: str, name: str) -> BatchedModel | None:
         return None if self.gone else self.bm()
@@ -202,24 +203,30 @@ class FakeKube:
             for i, p in enumerate(sorted(self.pods))
         ]
 
-    def apply(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        adjust: Callable[[BatchedModel, TunedState], TunedState],
-        extra_status: Mapping[str, Any],
-        in_force: BatchingConfig | None,
-    ) -> TunedState | None:
-        if self.edit_before_apply is not None:
-            self.edit_before_apply()
+    def patch_status(
+        self, namespace: str, name: str, fields: Mapping[str, Any], resource_version: str | None
+    ) -> bool:
+        if self.before_write is not None:
+            edit, self.before_write = self.before_write, None
+            edit()
+        if self.gone:
+            return False
+        if resource_version != str(self.version):
+            self.conflicts += 1
+            return False
+        self.status = merge_patch(self.status, fields)
+        self.version += 1
+        self.writes.append(dict(fields))
+        return True
+
+    def reconcile(self, namespace: str, name: str) -> TunedState | None:
+        if self.gone:
+            return None
         bm = self.bm()
-        state = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
-        state = adjust(bm, state).clamped(bm.spec)
-        state = api.settle_generation(state, bm.spec, self.configmap)
+        state = api.settle_generation(state_to_render(bm), bm.spec, self.configmap)
         self.configmap = state.batching_config(bm.spec)
-        self.status = {**self.status, **extra_status, "tuned": state.to_status()}
-        self.applied.append({"in_force": in_force, "extra": dict(extra_status)})
+        self.status = {**self.status, "tuned": state.to_status()}
+        self.version += 1
         return state
 
     def touch_pods(self, namespace: str, pods: list[str], generation: int) -> None:
@@ -231,18 +238,24 @@ class FakeKube:
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """A monotonic clock at ``now``, and the wall clock ``offset`` ahead of it."""
+
+    def __init__(self, now: float = 1000.0, offset: float = 1_767_225_600.0) -> None:
+        self.now = now
+        self.offset = offset
 
     def __call__(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return self.now + self.offset
 
 
 def loop_for(kube: FakeKube, clock: Clock, **kw: Any) -> TuningLoop:
     async def scrape(targets: Mapping[str, str]) -> Scrape:
         return scrape_of(clock(), {p: kube.pods[p] for p in targets})
 
-    return TuningLoop("ns", "m", kube, scrape=scrape, clock=clock, **kw)
+    return TuningLoop("ns", "m", kube, scrape=scrape, clock=clock, wall_clock=clock.wall, **kw)
 
 
 def started(kube: FakeKube) -> None:
@@ -264,11 +277,12 @@ async def test_first_tick_takes_a_baseline_and_holds() -> None:
     assert result.decision.action == "hold"
     assert result.events == []
     assert result.interval_s == 5.0
-    last = kube.applied[-1]
-    assert last["in_force"].generation == 1
-    assert last["extra"]["lastDecision"]["action"] == "hold"
-    assert last["extra"]["lastDecision"]["neededReplicas"] is None  # no window: nothing sized
-    assert "requestsPerSecond" not in last["extra"]  # no window yet
+    (last,) = kube.writes  # one status write per tick
+    assert last["configGeneration"] == 1  # the config written, until a pod reports one
+    assert last["lastDecision"]["action"] == "hold"
+    assert last["lastDecision"]["neededReplicas"] is None  # no window: nothing sized
+    assert "requestsPerSecond" not in last  # no window yet
+    assert kube.status["loop"]["replicas"] == 1  # the loop's state, with the knobs it set
     assert kube.touched == []
 
 
@@ -293,7 +307,9 @@ async def test_a_growing_queue_scales_up_with_an_event_and_status() -> None:
     assert kube.status["queueDepth"] == 200.0
     assert [e.reason for e in result.events][:1] == ["ScaledUp"]
     assert loop.state is not None
-    assert loop.state.last_scale_up == clock.now  # the policy's memory for the next tick
+    assert loop.state.memory.last_scale_up == clock.now  # the policy's memory for the next tick
+    assert kube.status["loop"]["replicas"] == result.decision.replicas
+    assert kube.status["loop"]["lastScaleUp"] == "2026-01-01T00:16:45.000Z"  # wall clock
 
 
 async def test_a_config_change_touches_the_pods_and_measures_propagation() -> None:
@@ -370,22 +386,49 @@ async def _scrape_now(kube: FakeKube, targets: Mapping[str, str]) -> Scrape:
     return scrape_of(time.monotonic(), {p: kube.pods[p] for p in targets})
 
 
-async def test_a_spec_edit_between_decision_and_apply_wins() -> None:
+async def test_a_spec_edit_between_the_read_and_the_write_wins() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+    kube.before_write = lambda: kube.edit_spec(replicas=3)  # kubectl scale bm/m --replicas=3
+    clock = Clock()
+    loop = loop_for(kube, clock)
+    loop.policy = lambda *_: made("scale-up", 2, 8, 5.0, True, False)
+    result = await loop.tick()
+    assert result is not None
+    assert result.conflict  # refused on the resourceVersion, and not retried
+    assert (kube.conflicts, kube.writes) == (1, [])
+    assert loop.state is None
+    assert "loop" not in kube.status
+    assert kube.reconcile("ns", "m") == TunedState(3, 8, 5.0, 1)  # the edit's own reconcile
+    seen: list[CurrentState] = []
+
+    def hold(_obs: Any, cur: CurrentState, *_: Any) -> Decision:
+        seen.append(cur)
+        return made("hold", cur.replicas, 8, 5.0, False, False)
+
+    loop.policy = hold
+    clock.now += 5.0
+    await loop.tick()
+    assert seen[0].replicas == 3  # the next decision starts from the edit
+    assert kube.status["loop"]["replicas"] == 3
+
+
+async def test_a_status_write_between_the_read_and_the_write_is_retried() -> None:
     kube = FakeKube(body(), {"m-a": FakePod()})
     started(kube)
 
-    def edit() -> None:
-        kube.body["spec"]["replicas"] = 3  # kubectl scale bm/m --replicas=3
+    def reconciled() -> None:  # the reconciler wrote a condition: the decision stands
+        kube.status = {**kube.status, "conditions": []}
+        kube.version += 1
 
-    kube.edit_before_apply = edit
-    clock = Clock()
-    loop = loop_for(kube, clock)
-    scale = made("scale-up", 2, 8, 5.0, True, False)
-    loop.policy = lambda *_: scale
-    await loop.tick()
-    assert kube.status["tuned"]["replicas"] == 3
-    assert loop.state is not None
-    assert loop.state.replicas == 3  # the next decision starts from what was applied
+    kube.before_write = reconciled
+    loop = loop_for(kube, Clock())
+    loop.policy = lambda *_: made("scale-up", 2, 8, 5.0, True, False)
+    result = await loop.tick()
+    assert result is not None
+    assert not result.conflict
+    assert (kube.conflicts, len(kube.writes)) == (1, 1)
+    assert kube.status["tuned"]["replicas"] == 2
 
 
 async def test_a_deleted_model_ends_the_loop() -> None:
@@ -416,11 +459,12 @@ async def test_a_change_made_outside_the_loop_restarts_its_memory() -> None:
     loop = loop_for(kube, clock)
     await loop.tick()
     assert loop.state is not None
-    loop.state = replace(loop.state, recommendations=((clock.now, 1),), last_scale_up=1.0)
-    kube.body["spec"]["replicas"] = 3  # kubectl scale bm/m --replicas=3
+    memory = replace(loop.state.memory, recommendations=((clock.now, 1),), last_scale_up=1.0)
+    loop.state = replace(loop.state, memory=memory)
+    kube.edit_spec(replicas=3)  # kubectl scale bm/m --replicas=3
     bm = kube.bm()
-    tuned = api.resolve_state(bm.spec, TunedState.from_status(bm.status))
-    current = loop.current(tuned)
+    running = state_to_render(bm)
+    current = loop.resume(bm, running).current(running)
     assert current.replicas == 3
     assert current.recommendations == ()  # the scale-down delay counts from now
     assert current.last_scale_up is None
@@ -458,6 +502,46 @@ async def test_a_finished_rollout_to_a_new_template_restarts_the_service_history
     assert len(loop.history) == 4  # the same template again: kept
 
 
+async def test_a_new_loop_resumes_the_state_an_earlier_one_wrote() -> None:
+    kube = FakeKube(body(), {"m-a": FakePod()})
+    started(kube)
+    clock = Clock()
+    seen: list[CurrentState] = []
+
+    def learnt(_obs: Any, cur: CurrentState, now: float, *_: Any) -> Decision:
+        seen.append(cur)
+        return made(
+            *("scale-up", 2, cur.max_batch_size, cur.max_wait_ms, True, False),
+            recommendations=((now - 15.0, 1), (now - 10.0, 1), (now - 5.0, 1), (now, 2)),
+            utilization_target=0.8,
+            last_overload=now,
+            scale_down_delay_s=240.0,
+        )
+
+    first = loop_for(kube, clock)
+    first.policy = lambda obs, cur, spec, now: learnt(obs, cur, now)
+    await first.tick()
+    loop = kube.status["loop"]
+    assert (loop["utilizationTarget"], loop["scaleDownDelaySeconds"]) == (0.8, 240.0)
+    assert (loop["replicas"], loop["fromSpec"]["replicas"]) == (2, 1)
+    assert (seen[0].utilization_target, seen[0].scale_down_delay_s) == (None, None)
+
+    # A new operator process, started later on a monotonic clock of its own: no memory but
+    # the status.
+    later = Clock(now=50.0, offset=clock.offset + (clock.now + 7.0) - 50.0)
+    restarted = loop_for(kube, later)
+    restarted.policy = lambda obs, cur, spec, now: learnt(obs, cur, now)
+    await restarted.tick()
+    resumed = seen[1]
+    assert (resumed.replicas, resumed.generation) == (2, 1)
+    assert (resumed.utilization_target, resumed.scale_down_delay_s) == (0.8, 240.0)
+    assert resumed.last_scale_up == pytest.approx(50.0 - 7.0)  # 7 s ago, on the new clock
+    assert resumed.last_overload == pytest.approx(50.0 - 7.0)
+    # the run of 1s kept as its first and last: the same highest need in any window
+    assert [(round(t, 3), r) for t, r in resumed.recommendations] == [(28, 1), (38, 1), (43, 2)]
+    assert resumed.last_scale_down is None
+
+
 async def test_a_new_loop_resumes_the_headroom_and_delay_an_earlier_one_learnt() -> None:
     kube = FakeKube(body(), {"m-a": FakePod()})
     started(kube)
@@ -480,7 +564,8 @@ async def test_a_new_loop_resumes_the_headroom_and_delay_an_earlier_one_learnt()
     first = loop_for(kube, clock)
     first.policy = learnt
     await first.tick()
-    assert kube.status["loop"] == {"utilizationTarget": 0.8, "scaleDownDelaySeconds": 240.0}
+    loop = kube.status["loop"]
+    assert (loop["utilizationTarget"], loop["scaleDownDelaySeconds"]) == (0.8, 240.0)
     assert (seen[0].utilization_target, seen[0].scale_down_delay_s) == (None, None)
 
     restarted = loop_for(kube, clock)  # a new operator process: no memory but the status
@@ -513,8 +598,9 @@ async def test_a_change_made_outside_the_loop_does_not_resume_the_old_memory() -
     loop.policy = hold
     await loop.tick()
     assert seen[-1].utilization_target == 0.8
-    assert kube.status["loop"] == {"utilizationTarget": 0.8, "scaleDownDelaySeconds": 240.0}
-    kube.status["tuned"] = {**kube.status["tuned"], "replicas": 3}  # kubectl scale
+    loop_status = kube.status["loop"]
+    assert (loop_status["utilizationTarget"], loop_status["scaleDownDelaySeconds"]) == (0.8, 240.0)
+    kube.edit_spec(replicas=3)  # kubectl scale
     await loop.tick()
     assert seen[-1].replicas == 3
     assert seen[-1].utilization_target is None
