@@ -153,33 +153,38 @@ def _key(o: dict[str, Any]) -> tuple[str, str, str, int]:
 
 
 def compare(before: Path, after: Path) -> str:
-    """A Markdown table: each run's share within target and replica-seconds, before/after."""
-    a = {_key(o): o for o in json.loads(before.read_text())["outcomes"]}
-    b = {_key(o): o for o in json.loads(after.read_text())["outcomes"]}
+    """A Markdown table: per trace and policy, the mean over seeds of the share within
+    target and the replica-seconds, before and after."""
+    a = json.loads(before.read_text())["outcomes"]
+    b = json.loads(after.read_text())["outcomes"]
+    groups: dict[tuple[str, str, str], list[list[float]]] = {}
+    seen_after = {_key(o): o for o in b}
+    for o in a:
+        key = _key(o)
+        if key not in seen_after:
+            continue
+        x, y = o, seen_after[key]
+        row = [x["within"], y["within"], x["replica_seconds"], y["replica_seconds"]]
+        groups.setdefault(key[:3], []).append(row)
     lines = [
-        "| trace | disturbance | policy | seed | within before | after | replica-s before |"
+        "| trace | disturbance | policy | seeds | within before | after | replica-s before |"
         " after |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    totals = [0.0, 0.0, 0.0, 0.0]
-    for key in sorted(a.keys() & b.keys()):
-        x, y = a[key], b[key]
+    loop_rows: list[list[float]] = []
+    for (trace, disturbance, policy), rows in sorted(groups.items()):
+        m = [sum(col) / len(rows) for col in zip(*rows, strict=True)]
         lines.append(
-            f"| {key[0]} | {key[1] or '-'} | {key[2]} | {key[3]} | {x['within']:.2%} |"
-            f" {y['within']:.2%} | {x['replica_seconds']:.0f} | {y['replica_seconds']:.0f} |"
+            f"| {trace} | {disturbance or '-'} | {policy} | {len(rows)} | {m[0]:.2%} |"
+            f" {m[1]:.2%} | {m[2]:.0f} | {m[3]:.0f} |"
         )
-        if key[2] != "hold":
-            totals = [
-                totals[0] + x["within"],
-                totals[1] + y["within"],
-                totals[2] + x["replica_seconds"],
-                totals[3] + y["replica_seconds"],
-            ]
-    n = sum(1 for k in a.keys() & b.keys() if k[2] != "hold")
-    if n:
+        if policy != "hold":
+            loop_rows += rows
+    if loop_rows:
+        m = [sum(col) / len(loop_rows) for col in zip(*loop_rows, strict=True)]
         lines.append(
-            f"| mean of the loop's runs | | | | {totals[0] / n:.2%} | {totals[1] / n:.2%} |"
-            f" {totals[2] / n:.0f} | {totals[3] / n:.0f} |"
+            f"| every loop run | | | {len(loop_rows)} | {m[0]:.2%} | {m[1]:.2%} |"
+            f" {m[2]:.0f} | {m[3]:.0f} |"
         )
     return "\n".join(lines)
 
