@@ -54,7 +54,11 @@ async def reranker(tmp_path: Path) -> AsyncIterator[Served]:
 @pytest.fixture
 async def classifier(tmp_path: Path) -> AsyncIterator[Served]:
     cfg = settings(
-        tmp_path, task="image-classification", max_image_bytes=32 * 1024, max_image_pixels=10_000
+        tmp_path,
+        task="image-classification",
+        max_inputs=8,
+        max_image_bytes=32 * 1024,
+        max_image_pixels=10_000,
     )
     async with serve(cfg, lambda: [emulated("image-classification", 20.0)]) as (client, runtime):
         await until_ready(runtime)
@@ -250,6 +254,8 @@ IMAGE_CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("an URL", {"input": ["https://example.com/cat.png"]}, 422, "input[0]"),
     ("no images", {"input": []}, 422, "input"),
     ("top_k zero", {"input": [b64(png())], "top_k": 0}, 422, "top_k"),
+    ("too many images", {"input": ["x"] * 9}, 413, "input"),
+    ("oip too many images", _tensor("BYTES", [9], ["x"] * 9), 413, "inputs[0].data"),
     ("oip wrong dtype", _tensor("INT64", [1, *IMAGE_SHAPE], [0]), 422, "inputs[0].datatype"),
     ("oip wrong shape", _tensor("FP32", [1, 3, 2, 2], [0.0] * 12), 422, "inputs[0].shape"),
     ("oip count", _tensor("FP32", [2, *IMAGE_SHAPE], [0.0] * 10), 422, "inputs[0].data"),

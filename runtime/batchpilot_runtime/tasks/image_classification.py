@@ -36,13 +36,20 @@ MAX_PARTS = 4096
 """Most parts in one multipart body (starlette's own default is 1000 files)."""
 
 
+def check_count(count: int, limit: int, field: str) -> None:
+    """Refuse more images than one request may hold, before any is decoded."""
+    if count > limit:
+        raise ApiError(413, f"{field}: {count} images; at most {limit} per request", param=field)
+
+
 async def from_json(
-    body: bytes, limits: images.ImageLimits
+    body: bytes, limits: images.ImageLimits, most: int
 ) -> tuple[api.ClassifyRequest, list[ImageItem]]:
-    """The request and the decoded images of a JSON ``/v1/classify`` body."""
+    """The request and the decoded images (at most ``most``) of a JSON ``/v1/classify`` body."""
     req = api.parse(api.ClassifyRequest, body)
     single = isinstance(req.input, str)
     values = api.texts_of(req.input)
+    check_count(len(values), most, "input")
     encoded = [
         (
             images.from_base64(v, "input" if single else f"input[{i}]", limits),
@@ -54,9 +61,9 @@ async def from_json(
 
 
 async def from_multipart(
-    body: bytes, headers: Headers, limits: images.ImageLimits
+    body: bytes, headers: Headers, limits: images.ImageLimits, most: int
 ) -> tuple[api.ClassifyRequest, list[ImageItem]]:
-    """The request and the decoded images of a ``multipart/form-data`` upload."""
+    """The request and the decoded images (at most ``most``) of a multipart upload."""
 
     async def stream() -> Any:
         yield body
@@ -72,6 +79,7 @@ async def from_multipart(
         ) from None
     try:
         uploads = form.getlist(FILE_FIELD)
+        check_count(len(uploads), most, FILE_FIELD)
         fields: dict[str, Any] = {}
         for name in ("model", "top_k"):
             value = form.get(name)
@@ -107,19 +115,22 @@ async def from_multipart(
 
 
 async def from_infer(
-    req: InferRequest, info: ModelInfo, limits: images.ImageLimits
+    req: InferRequest, info: ModelInfo, limits: images.ImageLimits, most: int
 ) -> list[ImageItem]:
-    """The images of an OIP v2 request: one BYTES or FP32 input."""
+    """The images (at most ``most``) of an OIP v2 request: one BYTES or FP32 input."""
     if len(req.inputs) != 1:
         raise ApiError(422, "inputs: expected exactly one input (the images)", param="inputs")
     tensor = req.inputs[0]
     flat = api.flatten(tensor.data or [])
     if tensor.datatype.upper() != "BYTES":
+        if tensor.shape:
+            check_count(tensor.shape[0], most, "inputs[0].shape")
         assert info.image_shape is not None
         return list(
             images.check_tensor(tensor.datatype, tensor.shape, flat, info.image_shape, "inputs[0]")
         )
     api.check_shape(tensor, 0, len(flat))
+    check_count(len(flat), most, "inputs[0].data")
     if not flat:
         raise ApiError(422, "inputs[0].data: must hold at least one image", param="inputs.0.data")
     encoded = []

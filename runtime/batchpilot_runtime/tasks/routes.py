@@ -61,11 +61,9 @@ def image_limits(runtime: Runtime) -> images.ImageLimits:
     return images.ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
 
 
-def check_count(runtime: Runtime, count: int, field: str) -> None:
-    """Refuse more images than one request may hold (as for texts)."""
-    limit = min(runtime.settings.max_inputs, runtime.config().max_queue)
-    if count > limit:
-        raise ApiError(413, f"{field}: {count} images; at most {limit} per request", param=field)
+def most_images(runtime: Runtime) -> int:
+    """The most images one request may hold (as for texts)."""
+    return min(runtime.settings.max_inputs, runtime.config().max_queue)
 
 
 async def classify_images(
@@ -77,13 +75,10 @@ async def classify_images(
     limits = image_limits(runtime)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        req, items = await ic.from_multipart(body, request.headers, limits)
-        field = ic.FILE_FIELD
+        req, items = await ic.from_multipart(body, request.headers, limits, most_images(runtime))
     else:
-        req, items = await ic.from_json(body, limits)
-        field = "input"
+        req, items = await ic.from_json(body, limits, most_images(runtime))
     runtime.check_model(req.model)
-    check_count(runtime, len(items), field)
     outputs = await runtime.infer(request, IMAGE_KIND, items, priority, lengths=[1] * len(items))
     return api.classify_response(
         outputs, model=runtime.name, labels=runtime.info.labels, top_k=req.top_k
@@ -104,8 +99,7 @@ async def infer(
     if is_image:
         from batchpilot_runtime.tasks import image_classification as ic
 
-        items = await ic.from_infer(req, info, image_limits(runtime))
-        check_count(runtime, len(items), "inputs[0].data")
+        items = await ic.from_infer(req, info, image_limits(runtime), most_images(runtime))
         outputs = await runtime.infer(
             request, IMAGE_KIND, items, priority, lengths=[1] * len(items)
         )
