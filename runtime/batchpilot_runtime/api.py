@@ -65,7 +65,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-BodyT = TypeVar("BodyT", bound=_Body)
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 class EmbeddingRequest(_Body):
@@ -135,29 +135,40 @@ def infer_texts(req: InferRequest) -> list[str]:
     """The texts of an OIP v2 request: one BYTES input, flat or any shape."""
     if len(req.inputs) != 1:
         raise ApiError(422, "inputs: expected exactly one input (the texts)", param="inputs")
-    tensor = req.inputs[0]
+    return tensor_texts(req.inputs[0], 0)
+
+
+def tensor_texts(tensor: InferInput, i: int) -> list[str]:
+    """The texts of OIP v2 input ``i``: a BYTES tensor of strings, flat or any shape."""
     if tensor.datatype.upper() != "BYTES":
         raise ApiError(
             422,
-            f"inputs[0].datatype: expected BYTES, got {tensor.datatype}",
-            param="inputs.0.datatype",
+            f"inputs[{i}].datatype: expected BYTES, got {tensor.datatype}",
+            param=f"inputs.{i}.datatype",
         )
-    flat = _flatten(tensor.data or [])
+    flat = flatten(tensor.data or [])
     if not all(isinstance(t, str) for t in flat):
-        raise ApiError(422, "inputs[0].data: every element must be a string", param="inputs.0.data")
+        raise ApiError(
+            422, f"inputs[{i}].data: every element must be a string", param=f"inputs.{i}.data"
+        )
+    check_shape(tensor, i, len(flat))
+    return texts_of(flat, f"inputs[{i}].data")
+
+
+def check_shape(tensor: InferInput, i: int, elements: int) -> None:
+    """Refuse a shape with a negative dimension or one that does not hold ``elements``."""
     if any(dim < 0 for dim in tensor.shape):
         raise ApiError(
             422,
-            f"inputs[0].shape: {tensor.shape} has a negative dimension",
-            param="inputs.0.shape",
+            f"inputs[{i}].shape: {tensor.shape} has a negative dimension",
+            param=f"inputs.{i}.shape",
         )
-    if _element_count(tensor.shape, len(flat)) != len(flat):
+    if _element_count(tensor.shape, elements) != elements:
         raise ApiError(
             422,
-            f"inputs[0].shape: {tensor.shape} does not match the {len(flat)} elements of data",
-            param="inputs.0.shape",
+            f"inputs[{i}].shape: {tensor.shape} does not match the {elements} elements of data",
+            param=f"inputs.{i}.shape",
         )
-    return texts_of(flat, "inputs[0].data")
 
 
 def _element_count(shape: list[int], cap: int) -> int:
@@ -172,11 +183,12 @@ def _element_count(shape: list[int], cap: int) -> int:
     return count
 
 
-def _flatten(data: list[Any]) -> list[Any]:
+def flatten(data: list[Any]) -> list[Any]:
+    """The elements of a tensor's ``data``, flat or nested row-major, in order."""
     out: list[Any] = []
     for value in data:
         if isinstance(value, list):
-            out.extend(_flatten(value))
+            out.extend(flatten(value))
         else:
             out.append(value)
     return out

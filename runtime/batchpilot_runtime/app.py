@@ -1,5 +1,6 @@
-"""The HTTP app: OpenAI-compatible embeddings, classify, Open Inference Protocol v2, health,
-``/stats`` and ``/metrics``, over one batcher per model worker.
+"""The HTTP app: OpenAI-compatible embeddings, classify, rerank, Open Inference Protocol v2,
+health, ``/stats`` and ``/metrics``, over one batcher per model worker (the rerank and image
+routes are in :mod:`batchpilot_runtime.tasks.routes`).
 
 The app starts answering health checks at once; the model loads and warms up in the
 background, and only then does ``/v2/health/ready`` turn 200 and inference open. On SIGTERM
@@ -36,6 +37,8 @@ from batchpilot_runtime.backends import (
 )
 from batchpilot_runtime.service import CLIENT_CLOSED, Loader, Runtime
 from batchpilot_runtime.settings import Settings
+from batchpilot_runtime.tasks import routes as task_routes
+from batchpilot_runtime.tasks.rerank import RerankRequest
 
 __all__ = ["CLIENT_CLOSED", "Loader", "Runtime", "create_app"]
 
@@ -148,7 +151,9 @@ def create_app(
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
     )
-    openapi.install(app, [api.EmbeddingRequest, api.ClassifyRequest, api.InferRequest])
+    openapi.install(
+        app, [api.EmbeddingRequest, api.ClassifyRequest, RerankRequest, api.InferRequest]
+    )
     app.state.runtime = runtime
 
     @app.exception_handler(ApiError)
@@ -250,6 +255,8 @@ def create_app(
     )
     async def classify(request: Request) -> Response:
         async def handle(body: bytes, priority: int) -> dict[str, Any]:
+            if runtime.info.task == "image-classification":
+                return await task_routes.classify_images(runtime, request, body, priority)
             req = api.parse(api.ClassifyRequest, body)
             runtime.check_model(req.model)
             if runtime.info.task != "classification":
@@ -279,6 +286,8 @@ def create_app(
     async def infer(name: str, request: Request) -> Response:
         async def handle(body: bytes, priority: int) -> Response:
             runtime.check_model(name)
+            if runtime.info.task in task_routes.OWN_TASKS:
+                return await task_routes.infer(runtime, request, name, body, priority)
             header, binary = oip_binary.split_body(body, request.headers.get(oip_binary.HEADER))
             req = api.parse(api.InferRequest, header)
             oip_binary.attach_inputs(req, binary)
@@ -303,6 +312,8 @@ def create_app(
             return Response(content, media_type=media_type, headers=headers)
 
         return await inference(request, handle)
+
+    task_routes.install(app, runtime, inference)
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -337,7 +348,7 @@ def create_app(
         runtime.check_model(name)
         if not runtime.models:
             raise ApiError(503, "model is loading", kind="unavailable")
-        return _json(api.model_metadata(name, runtime.info))
+        return _json(task_routes.model_metadata(name, runtime.info))
 
     @app.get("/stats")
     async def stats() -> Response:

@@ -54,8 +54,11 @@ def split_body(body: bytes, header: str | None) -> tuple[bytes, bytes]:
     return body[: int(value)], body[int(value) :]
 
 
-def attach_inputs(req: InferRequest, binary: bytes) -> None:
-    """Give each input with ``binary_data_size`` its data, decoded from ``binary`` in order."""
+def attach_inputs(req: InferRequest, binary: bytes, *, raw_bytes: bool = False) -> None:
+    """Give each input with ``binary_data_size`` its data, decoded from ``binary`` in order.
+
+    BYTES elements are text (UTF-8), or with ``raw_bytes`` kept as bytes (encoded images).
+    """
     offset = 0
     for i, tensor in enumerate(req.inputs):
         size = (tensor.parameters or {}).get("binary_data_size")
@@ -81,7 +84,7 @@ def attach_inputs(req: InferRequest, binary: bytes) -> None:
                 param=where,
             )
         offset += size
-        tensor.data = decode(tensor.datatype, chunk, f"inputs[{i}]")
+        tensor.data = decode(tensor.datatype, chunk, f"inputs[{i}]", raw_bytes=raw_bytes)
     if offset != len(binary):
         raise ApiError(
             422,
@@ -91,11 +94,11 @@ def attach_inputs(req: InferRequest, binary: bytes) -> None:
         )
 
 
-def decode(datatype: str, raw: bytes, where: str) -> list[Any]:
+def decode(datatype: str, raw: bytes, where: str, *, raw_bytes: bool = False) -> list[Any]:
     """The elements of one tensor's raw bytes."""
     kind = datatype.upper()
     if kind == "BYTES":
-        return _decode_bytes(raw, where)
+        return _decode_bytes(raw, where, raw_bytes)
     if kind not in _NUMERIC:
         raise ApiError(
             422, f"{where}.datatype: {datatype} has no binary form here", param=f"{where}.datatype"
@@ -110,7 +113,7 @@ def decode(datatype: str, raw: bytes, where: str) -> list[Any]:
     return list(np.frombuffer(raw, dtype).tolist())
 
 
-def _decode_bytes(raw: bytes, where: str) -> list[Any]:
+def _decode_bytes(raw: bytes, where: str, keep_bytes: bool = False) -> list[Any]:
     elements: list[Any] = []
     offset = 0
     while offset < len(raw):
@@ -126,6 +129,9 @@ def _decode_bytes(raw: bytes, where: str) -> list[Any]:
             )
         value = raw[offset : offset + length]
         offset += length
+        if keep_bytes:
+            elements.append(value)
+            continue
         try:
             elements.append(value.decode("utf-8"))
         except UnicodeDecodeError:

@@ -213,14 +213,21 @@ class Runtime:
                 )
 
     async def infer(
-        self, request: Request, kind: Hashable, texts: list[str], priority: int
+        self,
+        request: Request,
+        kind: Hashable,
+        texts: Sequence[Any],
+        priority: int,
+        *,
+        lengths: list[int] | None = None,
     ) -> list[Any]:
-        """Queue every text on the least loaded worker and wait for all the outputs."""
+        """Queue every item (a text, unless the task says otherwise) on the least loaded
+        worker, all or none, and wait for all the outputs. ``lengths`` default to the texts'."""
         batcher = min(self.batchers, key=lambda b: b.load)
+        if lengths is None:
+            lengths = [len(t) for t in texts]
         try:
-            futures = batcher.submit_many(
-                kind, texts, lengths=[len(t) for t in texts], priority=priority
-            )
+            futures = batcher.submit_many(kind, list(texts), lengths=lengths, priority=priority)
         except QueueFull as exc:
             raise ApiError(
                 429,

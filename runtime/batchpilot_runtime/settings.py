@@ -53,6 +53,8 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     max_inputs: int = 2048
     max_input_chars: int = 100_000
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
     body_timeout: float = BODY_TIMEOUT_SECONDS
     drain_delay: float = DRAIN_DELAY_SECONDS
     graceful_timeout: int = GRACEFUL_TIMEOUT_SECONDS
@@ -137,6 +139,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "max_body_bytes": "largest request body; larger is 413",
         "max_inputs": "most inputs in one request; more is 413",
         "max_input_chars": "longest input text; longer is 413",
+        "max_image_bytes": "largest encoded image (image tasks); larger is 413",
+        "max_image_pixels": "most pixels in an image (width times height, read before "
+        "decoding); more is 413",
         "reload_interval": "seconds between checks of the config file",
         "log_level": "debug, info, warning or error",
         "docs": "serve the interactive API docs at /docs and /redoc (they load scripts from a "
@@ -191,6 +196,8 @@ def _field_type(name: str) -> Any:
         "max_body_bytes": int,
         "max_inputs": int,
         "max_input_chars": int,
+        "max_image_bytes": int,
+        "max_image_pixels": int,
         "max_wait_ms": float,
         "request_timeout_ms": float,
         "reload_interval": float,

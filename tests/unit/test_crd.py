@@ -70,7 +70,12 @@ def test_validation_rules_and_bounds() -> None:
         "self.minBatchSize <= self.maxBatchSize",
         "self.minWaitMs <= self.maxWaitMs",
     }
-    assert spec["model"]["properties"]["task"]["enum"] == ["embedding", "classification"]
+    assert spec["model"]["properties"]["task"]["enum"] == [
+        "embedding",
+        "classification",
+        "rerank",
+        "image-classification",
+    ]
     assert spec["model"]["required"] == ["uri", "task"]
     assert schema["properties"]["spec"]["required"] == ["model"]
     assert spec["batching"]["properties"]["maxBatchSize"]["minimum"] == 1

@@ -17,8 +17,8 @@ import numpy.typing as npt
 
 from batchpilot_runtime.batcher import Model
 
-Task = Literal["embedding", "classification"]
-TASKS: tuple[Task, ...] = ("embedding", "classification")
+Task = Literal["embedding", "classification", "rerank", "image-classification"]
+TASKS: tuple[Task, ...] = ("embedding", "classification", "rerank", "image-classification")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +30,11 @@ class ModelInfo:
     dimensions: int | None = None
     """Embedding size (``embedding`` task)."""
     labels: tuple[str, ...] = ()
-    """Class labels in output order (``classification`` task)."""
+    """Class labels in output order (``classification`` and ``image-classification``)."""
     max_length: int = 512
     """Longest input in tokens; longer inputs are truncated."""
+    image_shape: tuple[int, int, int] | None = None
+    """Channels, height and width of a preprocessed image (``image-classification``)."""
     emulated: str | None = None
     """The service-time profile of an emulated accelerator (None: a real model runs)."""
 
@@ -50,12 +52,25 @@ class ClassificationOutput:
     tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class RerankOutput:
+    logit: float
+    """The cross-encoder's raw output for the pair."""
+    score: float
+    """``sigmoid(logit)``: the relevance score in [0, 1]."""
+    tokens: int
+
+
 def embedding_kind(normalize: bool) -> Hashable:
     """Batch kind of embedding items (normalised and raw items never share a batch)."""
     return ("embedding", normalize)
 
 
 CLASSIFICATION_KIND: Hashable = ("classification",)
+RERANK_KIND: Hashable = ("rerank",)
+"""Batch kind of (query, document) pairs: each pair is one item."""
+IMAGE_KIND: Hashable = ("image",)
+"""Batch kind of images: a decoded image or a preprocessed ``(C, H, W)`` float32 array."""
 
 
 class ServedModel(Model, Protocol):

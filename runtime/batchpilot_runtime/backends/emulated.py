@@ -5,7 +5,8 @@
 real runtime: HTTP, the batcher, the queue, deadlines, metrics, config reload and drain. A
 batch of ``b`` items holds the emulated device for ``t(b) = base + per_item * b`` scaled by
 the profile's spread, and returns well-formed outputs: a deterministic vector per text (the
-same text always gives the same vector) or a score per label. Start-up waits the profile's
+same text always gives the same vector), a score per label, or a relevance score per
+(query, document) pair; images are scored from their pixels. Start-up waits the profile's
 model-load time before the server turns ready, so a new replica is as slow to serve as a
 real one. No torch, and almost no CPU per batch, so a dozen replicas share two cores.
 
@@ -31,15 +32,21 @@ import numpy as np
 
 from batchpilot_runtime.backends import (
     CLASSIFICATION_KIND,
+    IMAGE_KIND,
+    RERANK_KIND,
     ClassificationOutput,
     EmbeddingOutput,
     ModelInfo,
+    RerankOutput,
     Task,
     embedding_kind,
 )
 from batchpilot_runtime.batcher import Batch
 
 log = logging.getLogger(__name__)
+
+IMAGE_SHAPE = (3, 224, 224)
+"""The preprocessed image an emulated image classifier takes (a ViT-Base's)."""
 
 SCHEME = "emulated://"
 """Model URIs with this scheme select an emulated accelerator: ``emulated://NAME``."""
@@ -212,8 +219,9 @@ def load_profile_file(path: Path) -> Profile:
     return Profile.from_json(path.stem, json.loads(path.read_text()))
 
 
-def _seed(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+def _seed(text: str | bytes) -> int:
+    data = text.encode() if isinstance(text, str) else text
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def _tokens(text: str) -> int:
@@ -231,8 +239,9 @@ class EmulatedModel:
             task=task,
             device=f"emulated:{profile.name}",
             dimensions=profile.dimensions if task == "embedding" else None,
-            labels=profile.labels if task == "classification" else (),
+            labels=profile.labels if task in ("classification", "image-classification") else (),
             max_length=profile.max_length,
+            image_shape=IMAGE_SHAPE if task == "image-classification" else None,
             emulated=profile.name,
         )
         self._spread = profile.spread.sampler(random.Random(seed))
@@ -250,9 +259,21 @@ class EmulatedModel:
         size = len(batch.payloads)
         async with self._device:  # one device: batches run one after another, as on a GPU
             await asyncio.sleep(self.profile.batch_seconds(size) * self._spread.draw())
-        return [self._output(str(text), batch.kind) for text in batch.payloads]
+        return [self._output(payload, batch.kind) for payload in batch.payloads]
 
-    def _output(self, text: str, kind: Hashable) -> object:
+    def _output(self, payload: Any, kind: Hashable) -> object:
+        if kind == RERANK_KIND:
+            query, document = payload
+            logit = float(np.random.default_rng(_seed(f"{query}\0{document}")).normal(0, 2))
+            score = 1.0 / (1.0 + math.exp(-logit))
+            return RerankOutput(logit, score, _tokens(query) + _tokens(document) - 1)
+        if kind == IMAGE_KIND:
+            # A decoded image or a preprocessed array: either way, its pixels pick the scores.
+            pixels = payload.tobytes()
+            logits = np.random.default_rng(_seed(pixels)).standard_normal(len(self.profile.labels))
+            scores = np.exp(logits - logits.max())
+            return ClassificationOutput((scores / scores.sum()).astype(np.float32), 0)
+        text = str(payload)
         rng = np.random.default_rng(_seed(text))
         if self.task == "embedding":
             vector = rng.standard_normal(self.profile.dimensions).astype(np.float32)

@@ -1,4 +1,5 @@
-"""Transformers models on torch: embedding (mean pooling) and sequence classification.
+"""Transformers models on torch: embedding (mean pooling), sequence classification and
+reranking (a cross-encoder: one output per (query, document) pair); images in ``hf_image``.
 
 Each :class:`TransformersModel` owns one device and two worker threads: one tokenises, one
 runs forward passes. ``run()`` hands a batch to the first and then to the second, so while
@@ -25,9 +26,11 @@ from transformers import (
 
 from batchpilot_runtime.backends import (
     CLASSIFICATION_KIND,
+    RERANK_KIND,
     ClassificationOutput,
     EmbeddingOutput,
     ModelInfo,
+    RerankOutput,
     Task,
     embedding_kind,
 )
@@ -111,8 +114,14 @@ class TransformersModel:
             trust_remote_code=trust_remote_code,
             dtype=torch_dtype,
         )
-        self.model: torch.nn.Module = model.to(device).eval()
         config = model.config
+        if task == "rerank" and config.num_labels != 1:
+            raise ValueError(
+                f"task rerank: the model at {path.name} has {config.num_labels} output labels; "
+                "a reranker (cross-encoder) has exactly one. Serve it with task classification, "
+                "or give a single-output cross-encoder"
+            )
+        self.model: torch.nn.Module = model.to(device).eval()
         limits = [self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", 0)]
         self.max_length = min(n for n in limits if isinstance(n, int) and 0 < n < 1_000_000)
         labels: tuple[str, ...] = ()
@@ -160,12 +169,16 @@ class TransformersModel:
 
     async def warm_up(self) -> None:
         kind = embedding_kind(True) if self.task == "embedding" else CLASSIFICATION_KIND
+        payload: object = "warming up the model"
+        if self.task == "rerank":
+            kind, payload = RERANK_KIND, ("warming up", "the model")
         for size in (1, 8, 1):
-            await self.run(Batch(kind, ["warming up the model"] * size))
+            await self.run(Batch(kind, [payload] * size))
 
     def probe_max_batch(self, memory: DeviceMemory, limit: int = PROBE_LIMIT) -> int:
         """Find and keep the largest batch of longest inputs that fits in ``memory``."""
-        longest = self._tokenize(["hello " * self.max_length])
+        text = "hello " * self.max_length
+        longest = self._tokenize([(text, text) if self.task == "rerank" else text])
 
         def try_batch(n: int) -> int:
             memory.reset_peak()
@@ -184,9 +197,21 @@ class TransformersModel:
 
     # -- worker threads ----------------------------------------------------------------------
 
-    def _tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _tokenize(self, texts: Sequence[object]) -> dict[str, torch.Tensor]:
+        if self.task == "rerank":
+            # (query, document) pairs: the tokenizer joins each pair with its separator.
+            pairs: list[tuple[str, str]] = list(texts)  # type: ignore[arg-type]
+            encoded = self.tokenizer(
+                [q for q, _ in pairs],
+                [d for _, d in pairs],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            return dict(encoded)
         encoded = self.tokenizer(
-            list(texts),
+            [str(t) for t in texts],
             padding=True,
             truncation=True,
             max_length=self.max_length,
@@ -194,7 +219,7 @@ class TransformersModel:
         )
         return dict(encoded)
 
-    def _tokenize_and_forward(self, texts: Sequence[str], kind: Hashable) -> list[object]:
+    def _tokenize_and_forward(self, texts: Sequence[object], kind: Hashable) -> list[object]:
         return self._forward(self._tokenize(texts), kind)
 
     def _forward(self, encoded: dict[str, torch.Tensor], kind: Hashable) -> list[object]:
@@ -213,6 +238,10 @@ class TransformersModel:
                     rows = pooled.float().cpu().numpy()
                     return [EmbeddingOutput(row, n) for row, n in zip(rows, tokens, strict=True)]
                 logits = output.logits.float()
+                if self.task == "rerank":
+                    column = logits[:, 0]
+                    pairs = zip(column.tolist(), column.sigmoid().tolist(), tokens, strict=True)
+                    return [RerankOutput(logit, score, n) for logit, score, n in pairs]
                 scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
                 rows = scores.cpu().numpy()
                 return [ClassificationOutput(row, n) for row, n in zip(rows, tokens, strict=True)]
@@ -242,8 +271,13 @@ def load_models(
 ) -> list[TransformersModel]:
     """One model worker per device; on GPUs, each finds its largest fitting batch."""
     models = []
+    kind: type[TransformersModel] = TransformersModel
+    if task == "image-classification":
+        from batchpilot_runtime.backends.hf_image import ImageClassifier
+
+        kind = ImageClassifier
     for dev in visible_devices(device):
-        model = TransformersModel(path, task, dev, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = kind(path, task, dev, dtype=dtype, trust_remote_code=trust_remote_code)
         if dev.type == "cuda":
             model.probe_max_batch(memory(dev))
         models.append(model)
