@@ -6,9 +6,10 @@ not depend on it), so that a policy change is measured before and after in minut
 * ``traces``: batchpilot, and batchpilot with the trace's ``minReplicas`` floor kept in
   ``bench/results/loop.json``, on the four load traces at several seeds;
 * ``disturbed``: a steady load while every replica slows down (service time doubled for a
-  minute; short slow spells every 15 s; both), the loop against holding the config it
-  starts from. The loop should serve at least the hold's share within target, at no more
-  replica-seconds than it needs for that.
+  minute; short slow spells every 15 s; both), and a steady load on replicas that share
+  one node's two cores (a start-up holds one for its model load), the loop against holding
+  the config it starts from. The loop should serve at least the hold's share within
+  target, at no more replica-seconds than it needs for that.
 
     python -m bench.loop.policy_check --name policy-before   # full traces, seeds 1-3
     python -m bench.loop.policy_check --quick --name policy-before-quick
@@ -24,7 +25,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ DISTURBANCES = {
 STEADY_S = 300.0
 STEADY_SHARES = (0.3, 0.5)
 """The disturbed runs' steady rates, as shares of the peak."""
+SHARED_NODE = "shared-node"
+"""Replicas on one node of two cores, a start-up holding one for its model load: what a
+second replica costs and adds where pods share their compute."""
+SHARED_CORES, SHARED_STARTUP_CPU_S = 2, 8.0
+SHARED_RATES = (120.0, 170.0)
+"""The shared-node runs' steady rates: within one replica's reach, and near its limit."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ def execute(setup: Setup, run: Run, overrides: tuple[tuple[str, float], ...] = (
     trace = _steady(run.rate) if run.disturbance else setup.trace(run.trace)
     start = start_replicas(setup, trace, profile)
     spec = TuningSpec(**{**asdict(setup.spec()), **dict(overrides)})
+    shared = run.disturbance == SHARED_NODE
+    if shared:
+        spec, start = replace(spec, min_replicas=1), 1
     if run.policy == "batchpilot-floor":
         spec = TuningSpec(**{**asdict(spec), "min_replicas": run.floor})
         start = max(start, run.floor)
@@ -106,7 +116,9 @@ def execute(setup: Setup, run: Run, overrides: tuple[tuple[str, float], ...] = (
     settings = ClusterSettings(
         startup_s=setup.startup_s,
         config_delay_s=setup.config_delay_s,
-        disturbance=DISTURBANCES[run.disturbance] if run.disturbance else None,
+        disturbance=DISTURBANCES.get(run.disturbance),
+        shared_cores=SHARED_CORES if shared else 0,
+        startup_cpu_s=SHARED_STARTUP_CPU_S if shared else 0.0,
         seed=run.seed,
     )
     t0 = time.perf_counter()

@@ -212,10 +212,12 @@ class SimulatedModel:
         profile: ServiceProfile,
         rng: random.Random | None = None,
         slowdown: Callable[[], float] | None = None,
+        cores: asyncio.Semaphore | None = None,
     ) -> None:
         self.profile = profile
         self._rng = rng or random.Random(0)
         self._slowdown = slowdown
+        self._cores = cores
         self._tokenizer = asyncio.Lock()
         self._device = asyncio.Lock()
         self._next = 0
@@ -236,10 +238,18 @@ class SimulatedModel:
         b = len(batch.payloads)
         scale = self._scale() * (self._slowdown() if self._slowdown else 1.0)
         async with self._tokenizer:
-            await asyncio.sleep(self.profile.tokenize_s(b) * scale)
+            await self._compute(self.profile.tokenize_s(b) * scale)
         async with self._device:
-            await asyncio.sleep(self.profile.forward_s(b) * scale)
+            await self._compute(self.profile.forward_s(b) * scale)
         return [None] * b
+
+    async def _compute(self, seconds: float) -> None:
+        """Run a stage: on a core of the node's when the replicas share them."""
+        if self._cores is None:
+            await asyncio.sleep(seconds)
+            return
+        async with self._cores:
+            await asyncio.sleep(seconds)
 
 
 # --------------------------------------------------------------------------- load
@@ -320,6 +330,11 @@ class ClusterSettings:
     queue, and holds its device at least this long (the runtime's drain delay and exit)."""
     disturbance: Disturbance | None = None
     """Spells when every replica's batches run slower (a noisy neighbour, a throttled node)."""
+    shared_cores: int = 0
+    """Replicas share this many cores, each batch stage holding one while it runs, as pods
+    on one CPU node do (0: every replica has its own device, as GPU pods do)."""
+    startup_cpu_s: float = 0.0
+    """With ``shared_cores``: a starting replica holds a core this long (its model load)."""
     seed: int = 0
 
 
@@ -354,6 +369,7 @@ class Cluster:
         self._closing: set[asyncio.Task[None]] = set()
         self.t0 = self.now
         """When the run began, on the loop's clock."""
+        self.cores = asyncio.Semaphore(settings.shared_cores) if settings.shared_cores else None
 
     @property
     def now(self) -> float:
@@ -381,7 +397,9 @@ class Cluster:
         slowdown = None
         if disturbance is not None:
             slowdown = lambda: disturbance.factor_at(self.now - self.t0)  # noqa: E731
-        model = SimulatedModel(self.profile, random.Random(self._rng.random()), slowdown)
+        model = SimulatedModel(
+            self.profile, random.Random(self._rng.random()), slowdown, self.cores
+        )
         holder: dict[str, Batcher] = {}
         telemetry = Telemetry(
             queue_depth=lambda: holder["b"].queue_depth, config=lambda: holder["b"].config
@@ -393,9 +411,24 @@ class Cluster:
         batcher.start()
         r = Replica(f"pod-{self._count}", now, now + ready_in, batcher, telemetry)
         self.replicas.append(r)
+        if self.cores is not None and ready_in > 0 and self.settings.startup_cpu_s > 0:
+            self._hold_a_core(min(ready_in, self.settings.startup_cpu_s))
         asyncio.get_running_loop().call_at(r.ready_at, self._mark)
         self._mark()
         return r
+
+    def _hold_a_core(self, seconds: float) -> None:
+        """A starting replica's model load, on one of the shared cores."""
+        cores = self.cores
+        assert cores is not None
+
+        async def load() -> None:
+            async with cores:
+                await asyncio.sleep(seconds)
+
+        task = asyncio.get_running_loop().create_task(load())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def start(self, n: int) -> None:
         """``n`` replicas ready at once (the state before the trace begins)."""

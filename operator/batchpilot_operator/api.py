@@ -590,6 +590,22 @@ class LoopStatus(_Base):
         json_schema_extra=_TIME,
         description="When a window last missed the target without overload.",
     )
+    last_no_room: str | None = Field(
+        default=None,
+        json_schema_extra=_TIME,
+        description="When a pod's start-up last slowed the serving pods (they share compute).",
+    )
+    no_room_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="The replicas that served then: the most the loop runs for a while.",
+    )
+    slowdown_at_scale_up: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="How much slower than the service-time fit the pods ran when the loop"
+        " last scaled up.",
+    )
     recommendations: list[Recommendation] | None = Field(
         default=None,
         max_length=MAX_RECOMMENDATIONS,

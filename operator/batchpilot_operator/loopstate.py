@@ -22,7 +22,14 @@ from batchpilot_operator.api import LoopStatus, SpecBasis, TunedState
 from batchpilot_operator.ownership import loop_knobs
 from batchpilot_operator.policy import CurrentState, Decision
 
-TIMINGS = ("last_scale_up", "last_scale_down", "last_config_change", "last_overload", "last_miss")
+TIMINGS = (
+    "last_scale_up",
+    "last_scale_down",
+    "last_config_change",
+    "last_overload",
+    "last_miss",
+    "last_no_room",
+)
 """The policy's timings (:class:`CurrentState` attributes), each a ``status.loop`` field."""
 
 
@@ -110,6 +117,10 @@ class LoopState:
             else SpecBasis(replicas=basis[0], max_batch_size=basis[1], max_wait_ms=basis[2]),
             utilization_target=None if util is None else round(util, 4),
             scale_down_delay_seconds=None if delay is None else round(delay, 1),
+            no_room_replicas=m.no_room_replicas,
+            slowdown_at_scale_up=None
+            if m.slowdown_at_scale_up is None
+            else round(m.slowdown_at_scale_up, 3),
             **{
                 name: None if (t := getattr(m, name)) is None else clocks.to_wall(t)
                 for name in TIMINGS
@@ -149,6 +160,9 @@ class LoopState:
             last_config_change=mono(loop.last_config_change),
             last_overload=mono(loop.last_overload),
             last_miss=mono(loop.last_miss),
+            last_no_room=mono(loop.last_no_room),
+            no_room_replicas=loop.no_room_replicas,
+            slowdown_at_scale_up=loop.slowdown_at_scale_up,
         )
         return cls(knobs, memory)
 

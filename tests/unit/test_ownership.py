@@ -103,6 +103,8 @@ def test_the_loop_state_survives_status_on_another_clock() -> None:
         recommendations=((90.0, 2), (95.0, 3)),
         utilization_target=0.75,
         last_miss=80.0,
+        last_no_room=70.0,
+        no_room_replicas=2,
     )
     after = state.after(decision, state.current(running), running, now=100.0)
     assert after.memory.last_scale_up == 100.0
@@ -123,6 +125,7 @@ def test_the_loop_state_survives_status_on_another_clock() -> None:
     assert (current.replicas, current.utilization_target) == (3, 0.75)
     assert current.last_scale_up == pytest.approx(5.0)
     assert current.last_miss == pytest.approx(-15.0)
+    assert (current.last_no_room, current.no_room_replicas) == (pytest.approx(-25.0), 2)
     assert [(round(t, 3), r) for t, r in current.recommendations] == [(-5.0, 2), (0.0, 3)]
     assert not back.set_here(TunedState(4, 16, 2.0, 3))  # set outside the loop
 

@@ -672,3 +672,43 @@ def test_every_regime_is_named_by_the_rule_that_classified_it() -> None:
         d = decide(o, cur, SPEC, now=0.0)
         assert d.regime is regime, (regime, d.rules)
         assert all(r.stage.value in {"evidence", "regime", "plan", "stabilise"} for r in d.rules)
+
+
+def test_a_start_up_that_slows_the_serving_pods_is_cancelled_and_the_replicas_held() -> None:
+    # 2 serving, 2 more starting; the serving pods' batches of 8 take 60 ms where the fit
+    # says 20 ms: the start-ups take their compute (one node's CPU), so more replicas cannot
+    # add capacity
+    slowed = replace(obs(rate=1500, p95_ms=400, util=0.97), mean_batch_duration_s=0.060)
+    cur = state(replicas=4, last_scale_up=-10.0, slowdown_at_scale_up=1.0)
+    d = decide(slowed, cur, SPEC, now=0.0)
+    assert Rule.STARTUP_STARVES in d.rules
+    assert d.replica_rule is Rule.CANCEL_START
+    assert d.replicas == 2  # at once: not after the scale-down delay
+    assert (d.last_no_room, d.no_room_replicas) == (0.0, 2)
+    # for a while the load may not push the replicas past what served, however high
+    later = d.next_state(cur, 0.0)
+    assert later.no_room_replicas == 2
+    loaded = obs(rate=3000, p95_ms=400, util=0.97, pods=2)
+    held = decide(loaded, later, SPEC, now=60.0)
+    assert (held.replica_rule, held.replicas) == (Rule.NO_ROOM, 2)
+    # and once the hold is over, it may try again
+    free = decide(loaded, later, SPEC, now=SPEC.no_room_s + 1.0)
+    assert free.replicas > 2
+    assert free.no_room_replicas is None
+
+
+def test_a_start_up_on_its_own_compute_is_not_cancelled() -> None:
+    # the same start-ups, the serving pods' batches as fast as the fit says (20 ms at 8)
+    cur = state(replicas=4, last_scale_up=-10.0, slowdown_at_scale_up=1.0)
+    d = decide(obs(rate=1500, p95_ms=400, util=0.97), cur, SPEC, now=0.0)
+    assert Rule.STARTUP_STARVES not in d.rules
+    # a slowdown already there when the loop scaled up is not the start-up's doing
+    slowed = replace(obs(rate=1500, p95_ms=400, util=0.97), mean_batch_duration_s=0.060)
+    already = decide(slowed, replace(cur, slowdown_at_scale_up=3.0), SPEC, now=0.0)
+    assert Rule.STARTUP_STARVES not in already.rules
+    # the scale-up itself records the slowdown it was decided in
+    up = decide(slowed, state(replicas=2), SPEC, now=0.0)
+    assert up.replica_rule is Rule.SCALE_UP
+    assert up.slowdown_at_scale_up == pytest.approx(3.0)
+    assert d.replicas >= 4  # the demand's count, the starting pods kept
+    assert d.no_room_replicas is None

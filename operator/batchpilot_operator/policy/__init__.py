@@ -10,6 +10,7 @@ function in its own module:
    within, slack, stall, miss, overload);
 3. :mod:`~batchpilot_operator.policy.plan`: the service-time model chooses batch size and
    replicas, the measured p95 corrects them (and outranks the model while within target);
+   :mod:`~batchpilot_operator.policy.room` keeps replicas that cannot add capacity out;
 4. :mod:`~batchpilot_operator.policy.stabilise`: up at once, down after a delay and by a
    bounded step.
 
@@ -25,6 +26,7 @@ from batchpilot_operator.metrics import Observation
 from batchpilot_operator.policy.evidence import gather
 from batchpilot_operator.policy.plan import clamp, plan_config, plan_replicas, utilization_target
 from batchpilot_operator.policy.regime import classify
+from batchpilot_operator.policy.room import room, startup_slowdown
 from batchpilot_operator.policy.rules import Note, Regime, Rule, Stage
 from batchpilot_operator.policy.spec import TuningSpec
 from batchpilot_operator.policy.stabilise import stabilise
@@ -47,8 +49,15 @@ def decide(
     need, replica_rule, replica_notes = plan_replicas(
         observation, ev, a, current, spec, size, headroom
     )
-    st = stabilise(ev, current, spec, need, now)
+    fits = room(observation, current, spec, need, now)
+    if fits.note is not None:
+        need, replica_rule = fits.need, fits.note.rule
+        replica_notes.append(fits.note)
+    st = stabilise(ev, current, spec, need, now, cancel_start=fits.cancels_start)
     notes = [*ev.notes, *([a.note] if a.note else []), *config_notes, *replica_notes, *st.notes]
+    slowdown = current.slowdown_at_scale_up
+    if st.rule is Rule.SCALE_UP:
+        slowdown = startup_slowdown(observation)
     return _decision(
         current,
         st.replicas,
@@ -63,6 +72,9 @@ def decide(
         last_overload=a.last_overload,
         last_miss=a.last_miss,
         scale_down_delay_s=st.scale_down_delay_s,
+        last_no_room=fits.last_no_room,
+        no_room_replicas=fits.no_room_replicas,
+        slowdown_at_scale_up=slowdown,
         needed_replicas=need,
     )
 
@@ -96,6 +108,9 @@ def _hold(current: CurrentState, spec: TuningSpec) -> Decision:
         last_overload=current.last_overload,
         last_miss=current.last_miss,
         scale_down_delay_s=current.scale_down_delay_s,
+        last_no_room=current.last_no_room,
+        no_room_replicas=current.no_room_replicas,
+        slowdown_at_scale_up=current.slowdown_at_scale_up,
         needed_replicas=None,
     )
 
@@ -115,6 +130,9 @@ def _decision(
     last_overload: float | None,
     last_miss: float | None,
     scale_down_delay_s: float | None,
+    last_no_room: float | None,
+    no_room_replicas: int | None,
+    slowdown_at_scale_up: float | None,
     needed_replicas: int | None,
 ) -> Decision:
     config_changed = size != current.max_batch_size or wait_ms != current.max_wait_ms
@@ -141,5 +159,8 @@ def _decision(
         last_overload=last_overload,
         last_miss=last_miss,
         scale_down_delay_s=scale_down_delay_s,
+        last_no_room=last_no_room,
+        no_room_replicas=no_room_replicas,
+        slowdown_at_scale_up=slowdown_at_scale_up,
         needed_replicas=needed_replicas,
     )

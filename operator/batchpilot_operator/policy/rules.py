@@ -163,6 +163,19 @@ class Rule(StrEnum):
         " until a fit",
     )
     UNSIZED = ("unsized", Stage.PLAN, "no executed batches to size replicas from")
+    STARTUP_STARVES = (
+        "startup-starves",
+        Stage.PLAN,
+        "{starting} starting pod(s) slowed the serving ones {slowdown:.1f}x (t({b:.0f}) ="
+        " {measured:.1f} ms, the fit says {fitted:.1f}): they share their compute, so the"
+        " start is cancelled at {replicas}",
+    )
+    NO_ROOM = (
+        "no-room",
+        Stage.PLAN,
+        "a start-up slowed the serving pods {ago:.0f} s ago: at most {replicas} replicas for"
+        " {hold:g} s",
+    )
     OVERLOAD_STEP = (
         "overload-step",
         Stage.PLAN,
@@ -171,6 +184,7 @@ class Rule(StrEnum):
 
     # stabilise: up at once, down after a delay and by a bounded step
     SCALE_UP = ("scale-up", Stage.STABILISE, "scale up to {replicas}")
+    CANCEL_START = ("cancel-start", Stage.STABILISE, "scale down to {replicas} at once")
     FLAP = (
         "flap",
         Stage.STABILISE,

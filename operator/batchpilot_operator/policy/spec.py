@@ -79,6 +79,13 @@ class TuningSpec:
     """A steady fall: the need never went above where it started, fell by at most this
     share (at least one replica) from one tick to the next, and by two replicas or more in
     all."""
+    startup_starve_factor: float = 2.0
+    """While a pod starts, serving pods whose batches run this many times slower than the
+    service-time fit says are losing their compute to the start-up: the pods share it (one
+    node's CPU, a shared accelerator), so the new replica cannot add capacity. The start is
+    cancelled and the replicas held."""
+    no_room_s: float = 300.0
+    """How long, after that, the replicas stay at most at the count that served."""
     fill_share: float = 0.8
     """Batches fill when their mean size reaches this share of the size limit."""
     judged_after_intervals: float = 2.0

@@ -66,8 +66,10 @@ def stabilise(
     spec: TuningSpec,
     need: int,
     now: float,
+    cancel_start: bool = False,
 ) -> Stabilised:
-    """The replicas to run now, given the ``need`` the plan recommends."""
+    """The replicas to run now, given the ``need`` the plan recommends. ``cancel_start``
+    removes the pods still starting at once (the plan found they cannot add capacity)."""
     replicas = int(clamp(current.replicas, spec.min_replicas, spec.max_replicas))
     delay = clamp(
         current.scale_down_delay_s or spec.scale_down_delay_s,
@@ -78,7 +80,10 @@ def stabilise(
     recs = (*((t, r) for t, r in current.recommendations if t >= keep_from), (now, need))
     notes: list[Note] = []
     rule: Rule | None = None
-    if need > replicas:
+    if cancel_start and need < replicas:
+        replicas, rule = need, Rule.CANCEL_START
+        notes.append(Note.of(rule, replicas=need))
+    elif need > replicas:
         replicas, rule = need, Rule.SCALE_UP
         notes.append(Note.of(rule, replicas=need))
         delay = _delay_after_scale_up(current, spec, now, delay, notes)

@@ -35,6 +35,14 @@ class CurrentState:
     scale_down_delay_s: float | None = None
     """The scale-down delay in force: doubled by a flap (a scale-up within the spec's delay
     after a scale-down), halved by a scale-up that is not one. None: the spec's."""
+    last_no_room: float | None = None
+    """When a pod's start-up last slowed the serving pods (they share their compute, so a
+    new replica cannot add capacity)."""
+    no_room_replicas: int | None = None
+    """The replicas that served when that was seen: the most the loop runs for a while."""
+    slowdown_at_scale_up: float | None = None
+    """How much slower than the fit the serving pods ran in the window that scaled up: a
+    start-up that slows them is measured against it, not against a slowdown already there."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class Decision:
     last_overload: float | None = None
     last_miss: float | None = None
     scale_down_delay_s: float | None = None
+    last_no_room: float | None = None
+    no_room_replicas: int | None = None
+    slowdown_at_scale_up: float | None = None
     needed_replicas: int | None = None
     """The replicas the observed load needs now, within the bounds (None: not sized, as when
     metrics are missing). ``replicas`` stays above it while a scale-down waits its delay."""
@@ -92,4 +103,7 @@ class Decision:
             last_overload=self.last_overload,
             last_miss=self.last_miss,
             scale_down_delay_s=self.scale_down_delay_s,
+            last_no_room=self.last_no_room,
+            no_room_replicas=self.no_room_replicas,
+            slowdown_at_scale_up=self.slowdown_at_scale_up,
         )
