@@ -116,62 +116,64 @@ def observe(
     prev_pods = previous.pods if previous is not None else frozenset()
     window = current.time - previous.time if previous is not None else 0.0
     outcomes: dict[str, float] = {}
-    lat: list[Histogram] = []
-    qwait: list[Histogram] = []
+    latencies: list[Histogram] = []
+    queue_waits: list[Histogram] = []
     points: list[ServicePoint] = []
     restarted: list[str] = []
     new: list[str] = []
-    busy: list[float] = []
+    busy_shares: list[float] = []
     paired = 0
     batches = 0.0
     size_sum = 0.0
-    dur_sum = 0.0
+    duration_sum = 0.0
     queue_change = 0.0
-    for pod, now in sorted(current.samples.items()):
+    for pod, sample in sorted(current.samples.items()):
         before = prev_samples.get(pod)
         if window <= 0 or (before is None and pod in prev_pods) or previous is None:
             continue  # no baseline: missing at the previous scrape, or the first scrape
         paired += 1
-        delta_req: Mapping[str, float]
-        if before is None or now.went_backwards(before):
+        delta_requests: Mapping[str, float]
+        if before is None or sample.went_backwards(before):
             # new since the previous scrape, or restarted: its counters began in the window
             (new if before is None else restarted).append(pod)
-            delta_req = now.requests
-            delta_h = dict(now.histograms)
-            queue_change += now.queue_depth
+            delta_requests = sample.requests
+            delta_histograms = dict(sample.histograms)
+            queue_change += sample.queue_depth
         else:
-            delta_req = {k: v - before.requests.get(k, 0.0) for k, v in now.requests.items()}
-            delta_h = {
-                name: h.minus(before.histograms[name]) if name in before.histograms else h
-                for name, h in now.histograms.items()
+            delta_requests = {
+                k: v - before.requests.get(k, 0.0) for k, v in sample.requests.items()
             }
-            queue_change += now.queue_depth - before.queue_depth
-        for k, v in delta_req.items():
+            delta_histograms = {
+                name: h.minus(before.histograms[name]) if name in before.histograms else h
+                for name, h in sample.histograms.items()
+            }
+            queue_change += sample.queue_depth - before.queue_depth
+        for k, v in delta_requests.items():
             outcomes[k] = outcomes.get(k, 0.0) + v
-        if REQUEST_DURATION in delta_h:
-            lat.append(delta_h[REQUEST_DURATION])
-        if QUEUE_WAIT in delta_h:
-            qwait.append(delta_h[QUEUE_WAIT])
-        size_h = delta_h.get(BATCH_SIZE)
-        dur_h = delta_h.get(BATCH_DURATION)
-        if dur_h is not None:
-            busy.append(min(1.0, dur_h.sum / window))
-        if size_h is not None and dur_h is not None and size_h.count > 0 and dur_h.count > 0:
-            batches += size_h.count
-            size_sum += size_h.sum
-            dur_sum += dur_h.sum
+        if REQUEST_DURATION in delta_histograms:
+            latencies.append(delta_histograms[REQUEST_DURATION])
+        if QUEUE_WAIT in delta_histograms:
+            queue_waits.append(delta_histograms[QUEUE_WAIT])
+        sizes = delta_histograms.get(BATCH_SIZE)
+        durations = delta_histograms.get(BATCH_DURATION)
+        if durations is not None:
+            busy_shares.append(min(1.0, durations.sum / window))
+        if sizes is not None and durations is not None and sizes.count > 0 and durations.count > 0:
+            batches += sizes.count
+            size_sum += sizes.sum
+            duration_sum += durations.sum
             points.append(
                 ServicePoint(
-                    batch_size=size_h.sum / size_h.count,
-                    duration_s=dur_h.sum / dur_h.count,
-                    batches=size_h.count,
+                    batch_size=sizes.sum / sizes.count,
+                    duration_s=durations.sum / durations.count,
+                    batches=sizes.count,
                 )
             )
     answered = sum(outcomes.values())
-    latency = sum_histograms(lat)
-    wait = sum_histograms(qwait)
+    latency = sum_histograms(latencies)
+    queue_wait = sum_histograms(queue_waits)
 
-    def q(h: Histogram | None, quantile: float) -> float | None:
+    def quantile_of(h: Histogram | None, quantile: float) -> float | None:
         return h.quantile(quantile) if h is not None else None
 
     return Observation(
@@ -189,15 +191,15 @@ def observe(
         queue_depth=sum(s.queue_depth for s in current.samples.values()),
         batches=batches,
         mean_batch_size=size_sum / batches if batches > 0 else None,
-        mean_batch_duration_s=dur_sum / batches if batches > 0 else None,
-        utilization=sum(busy) / len(busy) if busy else None,
+        mean_batch_duration_s=duration_sum / batches if batches > 0 else None,
+        utilization=sum(busy_shares) / len(busy_shares) if busy_shares else None,
         latency=latency,
-        queue_wait=wait,
-        latency_p50_s=q(latency, 0.5),
-        latency_p95_s=q(latency, 0.95),
-        latency_p99_s=q(latency, 0.99),
-        queue_wait_p50_s=q(wait, 0.5),
-        queue_wait_p95_s=q(wait, 0.95),
+        queue_wait=queue_wait,
+        latency_p50_s=quantile_of(latency, 0.5),
+        latency_p95_s=quantile_of(latency, 0.95),
+        latency_p99_s=quantile_of(latency, 0.99),
+        queue_wait_p50_s=quantile_of(queue_wait, 0.5),
+        queue_wait_p95_s=quantile_of(queue_wait, 0.95),
         service_points=tuple(points),
         service_fit=fit_service_time([*history, *points]),
         configs={pod: s.config for pod, s in current.samples.items()},

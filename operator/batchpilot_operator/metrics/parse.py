@@ -79,37 +79,37 @@ def parse_metrics(text: str, *, pod: str, at: float) -> PodSample:
     except (ValueError, TypeError, IndexError) as exc:
         raise MetricsParseError(f"{pod}: not Prometheus text: {exc}") from None
     for family in families:
-        for s in family.samples:
-            name = s.name
+        for sample in family.samples:
+            name = sample.name
             if name == REQUESTS_TOTAL:
-                outcome = s.labels.get(OUTCOME, "")
-                requests[outcome] = requests.get(outcome, 0.0) + s.value
+                outcome = sample.labels.get(OUTCOME, "")
+                requests[outcome] = requests.get(outcome, 0.0) + sample.value
             elif name in GAUGES:
-                gauges[name] = gauges.get(name, 0.0) + s.value
+                gauges[name] = gauges.get(name, 0.0) + sample.value
             elif name.endswith("_bucket") and name[: -len("_bucket")] in buckets:
-                le = float(s.labels["le"])
-                b = buckets[name[: -len("_bucket")]]
-                b[le] = b.get(le, 0.0) + s.value
+                le = float(sample.labels["le"])
+                bucket_counts = buckets[name[: -len("_bucket")]]
+                bucket_counts[le] = bucket_counts.get(le, 0.0) + sample.value
             elif name.endswith("_count") and name[: -len("_count")] in buckets:
                 base = name[: -len("_count")]
-                counts[base] = counts.get(base, 0.0) + s.value
+                counts[base] = counts.get(base, 0.0) + sample.value
             elif name.endswith("_sum") and name[: -len("_sum")] in buckets:
                 base = name[: -len("_sum")]
-                sums[base] = sums.get(base, 0.0) + s.value
+                sums[base] = sums.get(base, 0.0) + sample.value
     if QUEUE_DEPTH not in gauges:
         raise MetricsParseError(f"{pod}: no {QUEUE_DEPTH} in the metrics")
     histograms = {
         name: Histogram(
-            buckets=tuple(sorted(b.items())),
-            count=counts.get(name, b.get(INF, 0.0)),
+            buckets=tuple(sorted(bucket_counts.items())),
+            count=counts.get(name, bucket_counts.get(INF, 0.0)),
             sum=sums.get(name, 0.0),
         )
-        for name, b in buckets.items()
-        if b
+        for name, bucket_counts in buckets.items()
+        if bucket_counts
     }
-    wait = gauges.get(CONFIG_MAX_WAIT)
-    size = gauges.get(CONFIG_MAX_BATCH_SIZE)
-    gen = gauges.get(CONFIG_GENERATION)
+    max_wait_s = gauges.get(CONFIG_MAX_WAIT)
+    max_batch_size = gauges.get(CONFIG_MAX_BATCH_SIZE)
+    generation = gauges.get(CONFIG_GENERATION)
     return PodSample(
         pod=pod,
         time=at,
@@ -117,8 +117,8 @@ def parse_metrics(text: str, *, pod: str, at: float) -> PodSample:
         requests=requests,
         histograms=histograms,
         config=PodConfig(
-            max_batch_size=None if size is None else round(size),
-            max_wait_s=wait,
-            generation=None if gen is None else round(gen),
+            max_batch_size=None if max_batch_size is None else round(max_batch_size),
+            max_wait_s=max_wait_s,
+            generation=None if generation is None else round(generation),
         ),
     )

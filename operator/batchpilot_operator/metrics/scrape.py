@@ -42,7 +42,7 @@ async def scrape_pods(
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     limit = asyncio.Semaphore(concurrency)
-    own = client is None
+    owns_client = client is None
     http = client if client is not None else httpx.AsyncClient(timeout=timeout_s)
 
     async def one(pod: str, url: str) -> PodSample | str:
@@ -66,7 +66,7 @@ async def scrape_pods(
         pods = list(targets)
         results = await asyncio.gather(*(one(p, targets[p]) for p in pods))
     finally:
-        if own:
+        if owns_client:
             await http.aclose()
     samples: dict[str, PodSample] = {}
     missing: dict[str, str] = {}
