@@ -198,8 +198,12 @@ class LocalCluster(ClusterAccess):
                 self.release_terminating_test_namespaces()
             with self.locked():
                 token.unlink(missing_ok=True)
-                keep = os.environ.get("BATCHPILOT_KEEP_CLUSTER", "") not in ("", "0")
-                if self._started_by_tests.exists() and not self._live_sessions() and not keep:
+                keep_cluster = os.environ.get("BATCHPILOT_KEEP_CLUSTER", "") not in ("", "0")
+                if (
+                    self._started_by_tests.exists()
+                    and not self._live_sessions()
+                    and not keep_cluster
+                ):
                     self._down(log)
                 self.close()
 

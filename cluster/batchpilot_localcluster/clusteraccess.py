@@ -186,11 +186,11 @@ class ClusterAccess:
             version = next((v["name"] for v in spec["versions"] if v.get("served")), None)
             if version is None:
                 continue
-            base = (
+            collection = (
                 f"/apis/{spec['group']}/{version}/namespaces/{namespace}/{spec['names']['plural']}"
             )
             try:
-                items = self.api.get(base)["items"]
+                items = self.api.get(collection)["items"]
             except ApiError:
                 continue
             for item in items:
@@ -198,7 +198,9 @@ class ClusterAccess:
                     continue
                 patch = {"metadata": {"finalizers": None}}
                 try:
-                    self.api.patch(f"{base}/{item['metadata']['name']}", patch, patch_type="merge")
+                    self.api.patch(
+                        f"{collection}/{item['metadata']['name']}", patch, patch_type="merge"
+                    )
                     cleared += 1
                 except ApiError as error:
                     if error.status != 404:
@@ -257,12 +259,12 @@ class ClusterAccess:
         """
         spec = self.api.get(f"/api/v1/namespaces/{namespace}/services/{service}")["spec"]
         ports = spec.get("ports") or []
-        chosen = next((p for p in ports if port in ("", p.get("name"), p.get("port"))), None)
-        if chosen is None or not spec.get("selector"):
+        service_port = next((p for p in ports if port in ("", p.get("name"), p.get("port"))), None)
+        if service_port is None or not spec.get("selector"):
             return []
         selector = ",".join(f"{k}={v}" for k, v in sorted(spec["selector"].items()))
-        target = chosen.get("targetPort", chosen["port"])
-        found = []
+        target_port = service_port.get("targetPort", service_port["port"])
+        endpoints = []
         for pod in self.pods(namespace, selector):
             status = pod.get("status", {})
             ready = any(
@@ -271,19 +273,19 @@ class ClusterAccess:
             )
             if not ready or not status.get("podIP") or pod["metadata"].get("deletionTimestamp"):
                 continue
-            number = target
-            if isinstance(target, str) and not target.isdigit():
+            port_number = target_port
+            if isinstance(target_port, str) and not target_port.isdigit():
                 declared = [
                     p
                     for c in pod["spec"]["containers"]
                     for p in c.get("ports") or []
-                    if p.get("name") == target
+                    if p.get("name") == target_port
                 ]
                 if not declared:
                     continue
-                number = declared[0]["containerPort"]
-            found.append(f"{status['podIP']}:{number}")
-        return sorted(found)
+                port_number = declared[0]["containerPort"]
+            endpoints.append(f"{status['podIP']}:{port_number}")
+        return sorted(endpoints)
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
         """A local pod's process output (kubectl logs has no kubelet to ask here)."""
