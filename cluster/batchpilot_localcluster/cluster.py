@@ -29,7 +29,7 @@ from batchpilot_localcluster.kubeapi import ApiError
 from batchpilot_localcluster.modelcache import seed_minilm
 from batchpilot_localcluster.nodeagent import DEFAULT_NODE_NAME
 from batchpilot_localcluster.paths import BUILD_COMMAND, CLUSTER_NAME, Layout
-from batchpilot_localcluster.processes import ProcessRegistry, pid_alive
+from batchpilot_localcluster.processes import ProcessRegistry, pid_alive, spawn_detached
 from batchpilot_localcluster.tokens import write_file_atomic
 from batchpilot_localcluster.waits import wait_for
 
@@ -42,24 +42,6 @@ class BinariesMissingError(ClusterError):
 
 def _quiet(message: str) -> None:
     pass
-
-
-def spawn_detached(argv: Sequence[str], log_path: Path, env: dict[str, str]) -> int:
-    """Start `argv` in the background, in its own session, output appended to `log_path`.
-
-    A shell starts it and exits at once, so the caller keeps no child process around (no
-    zombie, no Popen object outliving its process); returns the background PID.
-    """
-    script = 'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!'
-    result = subprocess.run(
-        ["/bin/sh", "-c", script, "sh", str(log_path), *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        start_new_session=True,
-    )
-    return int(result.stdout.strip())
 
 
 class LocalCluster(ClusterAccess):
