@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from batchpilot_localcluster.cluster import BinariesMissingError, ClusterError, LocalCluster
+from batchpilot_localcluster.cluster import BinariesMissingError, LocalCluster
+from batchpilot_localcluster.clusteraccess import ClusterError
 
 LAYERS = ("unit", "model", "cluster", "e2e")
 

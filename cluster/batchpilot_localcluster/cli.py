@@ -14,7 +14,8 @@ import os
 import sys
 import time
 
-from batchpilot_localcluster.cluster import ClusterError, LocalCluster
+from batchpilot_localcluster.cluster import LocalCluster
+from batchpilot_localcluster.clusteraccess import ClusterError
 from batchpilot_localcluster.paths import Layout
 
 

@@ -74,8 +74,9 @@ REAL = DemoPart(
     plot_file="demo.png",
 )
 
-# Each emulated replica carries about 100 requests/s within the target (t(b) = 4 + 6.7*b ms),
-# so the peak needs three; a ramp over 80 s gives the 9 s start-ups time to follow.
+# Within the target, one emulated replica carries about a third of the peak (the profile's
+# service time t(b) sets how much), so the peak needs three; the ramp is slow enough for the
+# replicas it asks for to start on the way (start-up: docs/benchmarks/loop-cluster.md).
 EMULATED = DemoPart(
     name="large-encoder",
     title="bert-large-l4 profile on EMULATED GPUs (no model runs)",

@@ -113,8 +113,8 @@ async def run_load(
         for text in texts
     ]
     headers = {"content-type": "application/json"}
-    # aiohttp rather than httpx: a few times less client CPU per request, which matters at
-    # hundreds of requests per second from one process on a small machine.
+    # aiohttp rather than httpx: less client CPU per request, which matters at hundreds of
+    # requests per second from one process on a small machine.
     connector = aiohttp.TCPConnector(limit=max_in_flight, limit_per_host=0)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 

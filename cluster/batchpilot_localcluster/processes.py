@@ -1,6 +1,8 @@
 """A container as a local process: its own session (process group), output to a log file.
 
 Stopping follows kubelet: SIGTERM to the whole group, the grace period, then SIGKILL.
+:func:`spawn_detached` starts a process the same way but keeps no child around (the node
+agent, which outlives the command that starts it).
 """
 
 from __future__ import annotations
@@ -99,6 +101,24 @@ def start_time(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def spawn_detached(argv: Sequence[str], log_path: Path, env: dict[str, str]) -> int:
+    """Start `argv` in the background, in its own session, output appended to `log_path`.
+
+    A shell starts it and exits at once, so the caller keeps no child process around (no
+    zombie, no Popen object outliving its process); returns the background PID.
+    """
+    script = 'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!'
+    result = subprocess.run(
+        ["/bin/sh", "-c", script, "sh", str(log_path), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        start_new_session=True,
+    )
+    return int(result.stdout.strip())
 
 
 class ProcessRegistry:

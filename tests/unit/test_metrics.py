@@ -10,9 +10,8 @@ import pytest
 from fakepods import FakePod, scrape_of
 
 from batchpilot_contract.batching import BatchingConfig
+from batchpilot_contract.metrics import BATCH_SIZE, REQUEST_DURATION_SECONDS
 from batchpilot_operator.metrics import (
-    BATCH_SIZE,
-    REQUEST_DURATION,
     Histogram,
     MetricsParseError,
     ServiceHistory,
@@ -36,9 +35,9 @@ def test_parse_reads_every_contract_metric() -> None:
     s = parse_metrics(pod.text(), pod="p", at=1.0)
     assert s.queue_depth == 5
     assert s.requests == {"ok": 40, "rejected": 2}
-    assert s.histograms[REQUEST_DURATION].count == 40
+    assert s.histograms[REQUEST_DURATION_SECONDS].count == 40
     assert s.histograms[BATCH_SIZE].sum == 40
-    assert s.histograms[REQUEST_DURATION].buckets[-1] == (math.inf, 40)
+    assert s.histograms[REQUEST_DURATION_SECONDS].buckets[-1] == (math.inf, 40)
     assert s.config.max_batch_size == 24
     assert s.config.max_wait_s == pytest.approx(0.004)
     assert s.config.generation == 3
@@ -271,7 +270,7 @@ def test_parses_what_the_runtime_telemetry_serves() -> None:
     assert s.queue_depth == 3
     assert s.requests["ok"] == 6
     assert s.requests["rejected"] == 1
-    assert s.histograms[REQUEST_DURATION].count == 6
+    assert s.histograms[REQUEST_DURATION_SECONDS].count == 6
     assert s.histograms[BATCH_SIZE].sum == 6
     assert (s.config.max_batch_size, s.config.generation) == (12, 5)
     assert s.config.max_wait_s == pytest.approx(0.004)
