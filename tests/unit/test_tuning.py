@@ -712,3 +712,38 @@ def test_a_start_up_on_its_own_compute_is_not_cancelled() -> None:
     assert up.slowdown_at_scale_up == pytest.approx(3.0)
     assert d.replicas >= 4  # the demand's count, the starting pods kept
     assert d.no_room_replicas is None
+
+
+def test_every_rule_that_fires_on_a_grid_of_windows_writes_its_reason() -> None:
+    """The reason text is built from each rule's template and the values it fired with (a
+    note checks them when it is made, so every test that fires a rule checks its template)."""
+    fired: set[Rule] = set()
+    slowed = replace(obs(rate=1500, p95_ms=400, util=0.97), mean_batch_duration_s=0.060)
+    windows = [
+        None,
+        slowed,
+        *(
+            obs(rate=r, p95_ms=p, util=u, queue=q, missing=m, generation=g, fit=f, batch=b)
+            for r in (0.0, 50.0, 3000.0)
+            for p in (None, 20.0, 80.0, 400.0)
+            for u in (0.3, 0.97)
+            for q in (0.0, 500.0)
+            for m in (0, 1)
+            for g in (0, 1)
+            for f in (FIT, None)
+            for b in (1.0, 8.0)
+        ),
+    ]
+    states = [
+        state(),
+        state(replicas=9, max_batch_size=200, recommendations=((-500.0, 1),)),
+        state(last_miss=-SPEC.interval_s, last_overload=-SPEC.interval_s, last_scale_up=-5.0),
+        state(replicas=4, last_scale_down=-30.0, slowdown_at_scale_up=1.0),
+        state(last_no_room=-10.0, no_room_replicas=1, last_config_change=-5.0),
+    ]
+    for o in windows:
+        for cur in states:
+            d = decide(o, cur, SPEC, now=0.0)
+            assert d.reason
+            fired.update(d.rules)
+    assert len(fired) >= len(Rule) - 8  # most rules fire somewhere on the grid

@@ -212,7 +212,7 @@ def _size(
         "queue": obs.queue_depth,
         "capacity": capacity,
         "need": need,
-        "busy": utilization,
+        "utilization_target": utilization,
         **how,
     }
     if obs.service_fit is not None:

@@ -93,7 +93,7 @@ def classify(
         note = Note.of(Rule.SLACK if slack else Rule.WITHIN, **values)
     elif saturated_pods:
         regime = Regime.OVERLOAD
-        note = Note.of(Rule.SATURATED, busy=util or 0.0, queue=obs.queue_depth, **values)
+        note = Note.of(Rule.SATURATED, busy_share=util or 0.0, queue=obs.queue_depth, **values)
     elif starved:
         regime = Regime.OVERLOAD
         rule = Rule.STARVED if lasting else Rule.STARVED_ONCE

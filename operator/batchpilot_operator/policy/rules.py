@@ -104,7 +104,7 @@ class Rule(StrEnum):
     SATURATED = (
         "saturated",
         Stage.REGIME,
-        "p95 {p95:.0f} ms > target {target:g} ms with the pods saturated (busy {busy:.0%},"
+        "p95 {p95:.0f} ms > target {target:g} ms with the pods saturated (busy {busy_share:.0%},"
         " queue {queue:.0f}): overload",
     )
     STARVED = (
@@ -147,13 +147,15 @@ class Rule(StrEnum):
         "sized-by-model",
         Stage.PLAN,
         "demand {demand:.1f}/s (arrivals {rate:.1f}/s + queue {queue:.0f}), {capacity:.0f}/s"
-        " per replica at t({b}) = {tb:.1f} ms, {need} at {busy:.0%} busy",
+        " per replica at t({b}) = {tb:.1f} ms, {need} at a {utilization_target:.0%}"
+        " utilisation target",
     )
     SIZED_BY_BUSY_SHARE = (
         "sized-by-busy-share",
         Stage.PLAN,
         "demand {demand:.1f}/s (arrivals {rate:.1f}/s + queue {queue:.0f}), {capacity:.0f}/s"
-        " per replica from busy share {util:.2f}, {need} at {busy:.0%} busy",
+        " per replica from busy share {util:.2f}, {need} at a {utilization_target:.0%}"
+        " utilisation target",
     )
     LOWER_BOUND = (
         "lower-bound",
@@ -227,7 +229,10 @@ class Note:
 
     @classmethod
     def of(cls, rule: Rule, **values: Any) -> Note:
-        return cls(rule, tuple(values.items()))
+        """The note of ``rule`` with ``values``; fails at once if its text needs others."""
+        note = cls(rule, tuple(values.items()))
+        note.text()
+        return note
 
     def text(self) -> str:
         return self.rule.text.format(**dict(self.values))
