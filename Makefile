@@ -59,7 +59,7 @@ bench: install ## Benchmarks: the runtime against the offline limit, then the lo
 	$(PY) bench/runtime.py
 	$(PY) -m bench.loop.run --check-sweep
 
-crds: install ## Regenerate the BatchedModel CRD (crds/ and the chart) from operator/batchpilot_operator/api.py
+crds: install ## Regenerate the BatchedModel CRD (crds/ and the chart) from operator/batchpilot_operator/api/
 	$(PY) -m batchpilot_operator.crdgen
 
 docs: install ## Regenerate every generated file: the CRD, and the reference pages in docs/reference/

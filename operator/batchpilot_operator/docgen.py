@@ -119,7 +119,7 @@ def crd_page(crd: dict[str, Any]) -> str:
     (version,) = crd["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]
     names = crd["spec"]["names"]
-    out = header("BatchedModel reference", "`operator/batchpilot_operator/api.py`")
+    out = header("BatchedModel reference", "`operator/batchpilot_operator/api/`")
     out += (
         f"`{crd['spec']['group']}/{version['name']}`, kind `{names['kind']}`, short name "
         f"{', '.join(f'`{n}`' for n in names['shortNames'])}, {crd['spec']['scope'].lower()}. "
