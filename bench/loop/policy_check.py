@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--name", default="policy")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     parser.add_argument(
+        "--only", metavar="DISTURBANCE", help="only the runs of one disturbance (e.g. shared-node)"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -236,6 +239,8 @@ def main() -> None:
     )
     seeds = [1] if args.quick else [int(s) for s in args.seeds.split(",")]
     runs = plan(setup, seeds)
+    if args.only:
+        runs = [r for r in runs if r.disturbance == args.only]
     if args.set:
         runs = [r for r in runs if r.policy != "hold"]  # the constants do not move a hold
     overrides = tuple((k, float(v)) for k, v in (item.split("=", 1) for item in args.set))

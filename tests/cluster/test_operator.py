@@ -36,7 +36,8 @@ from batchpilot_operator.api import TunedState
 from batchpilot_operator.loop import TuningLoop
 from batchpilot_operator.loopkube import KubeForLoop
 from batchpilot_operator.metrics import Scrape
-from batchpilot_operator.policy import CurrentState, Decision, Regime, Rule
+from batchpilot_operator.policy import CurrentState, Decision
+from policystubs import stub_decision
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "batchedmodels.yaml"
@@ -727,32 +728,6 @@ async def no_metrics(targets: Mapping[str, str]) -> Scrape:
 
 
 TUNED_SPEC = kwok_spec(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 4})
-
-
-def stub_decision(
-    action: str,
-    replicas: int,
-    size: int,
-    wait: float,
-    replicas_changed: bool,
-    config_changed: bool,
-    **memory: Any,
-) -> Decision:
-    """A decision as a policy stub returns it."""
-    return Decision(
-        action=action,
-        replicas=replicas,
-        max_batch_size=size,
-        max_wait_ms=wait,
-        regime=Regime.OVERLOAD if replicas_changed else Regime.WITHIN,
-        config_rule=Rule.WITHIN,
-        replica_rule=Rule.SCALE_UP if replicas_changed else Rule.WITHIN,
-        notes=(),
-        replicas_changed=replicas_changed,
-        config_changed=config_changed,
-        recommendations=memory.pop("recommendations", ()),
-        **memory,
-    )
 
 
 def scale_up(_obs: Any, cur: CurrentState, _spec: Any, now: float) -> Decision:
