@@ -156,6 +156,12 @@ def plan(setup: Setup, seeds: list[int]) -> list[Run]:
                 runs += [
                     Run(f"steady-{rate:g}", policy, s, disturbance=d, rate=rate) for s in seeds
                 ]
+    for rate in SHARED_RATES:
+        for policy in ("batchpilot", "hold"):
+            runs += [
+                Run(f"steady-{rate:g}", policy, s, disturbance=SHARED_NODE, rate=rate)
+                for s in seeds
+            ]
     return runs
 
 
