@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from decimal import Decimal
 
-from kubernetes.utils.quantity import parse_quantity
+from kubernetes.utils.quantity import parse_quantity as _parse_quantity
 
 DEFAULT_RUNTIME_IMAGE = "batchpilot/runtime:0.1.0"
 
@@ -18,6 +19,12 @@ _QUANTITIES = (
     "cache_size_limit",
 )
 """Settings that hold a Kubernetes quantity ('' for none)."""
+
+
+def parse_quantity(quantity: str) -> Decimal:
+    """A Kubernetes quantity (``2Gi``, ``500m``) as a number; ValueError if it is none."""
+    value: Decimal = _parse_quantity(quantity)  # type: ignore[no-untyped-call]
+    return value
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ def test_namespaced_install_grants_nothing_cluster_scoped() -> None:
         "--no-cluster-scan",
         "--standalone",
     ]
-    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    assert not find(docs, "ClusterRole")
+    assert not find(docs, "ClusterRoleBinding")
     roles = find(docs, "Role")
     assert {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles} == {
         (ns, "bp-batchpilot-application") for ns in ("models", "team-b")
@@ -148,9 +149,7 @@ def test_namespaced_install_grants_nothing_cluster_scoped() -> None:
 
 def test_namespaced_peering_is_one_object_per_namespace_patched_by_name() -> None:
     docs = render("watchNamespaces={models}", "peering.name=bp-peers")
-    assert [p["metadata"]["namespace"] for p in find(docs, "KopfPeering", "bp-peers")] == [
-        "models"
-    ]
+    assert [p["metadata"]["namespace"] for p in find(docs, "KopfPeering", "bp-peers")] == ["models"]
     (framework,) = find(docs, "Role", "bp-batchpilot-framework")
     assert framework["metadata"]["namespace"] == "models"
     assert rules(framework) == {
@@ -186,11 +185,10 @@ def test_every_empty_dir_of_the_chart_has_a_size_limit() -> None:
     (deployment,) = find(render(), "Deployment")
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     empty = [v for v in volumes if "emptyDir" in v]
-    assert empty and all(v["emptyDir"].get("sizeLimit") for v in empty), empty
+    assert empty
+    assert all(v["emptyDir"].get("sizeLimit") for v in empty), empty
     (deployment,) = find(render("tmpSizeLimit=16Mi"), "Deployment")
-    assert deployment["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] == {
-        "sizeLimit": "16Mi"
-    }
+    assert deployment["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] == {"sizeLimit": "16Mi"}
 
 
 def test_non_default_values_reach_the_deployment() -> None:

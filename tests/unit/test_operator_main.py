@@ -24,7 +24,8 @@ def test_no_cluster_scan_turns_off_kopfs_crd_and_namespace_watch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run = started(monkeypatch, "-n", "models", "--no-cluster-scan", "--standalone")
-    assert run["namespaces"] == ["models"] and run["clusterwide"] is False
+    assert run["namespaces"] == ["models"]
+    assert run["clusterwide"] is False
     assert run["settings"].scanning.disabled is True
 
 

@@ -76,7 +76,8 @@ def kopf_needs() -> set[Need]:
             assert selector is not None
             resource = selector.plural or selector.any_name
             assert resource, selector
-            needs |= {(selector.group or "", resource, "list"), (selector.group or "", resource, "watch")}
+            group = selector.group or ""
+            needs |= {(group, resource, "list"), (group, resource, "watch")}
     needs.add((api.GROUP, BM, "patch"))
     return needs
 
