@@ -9,6 +9,8 @@ from decimal import Decimal
 
 from kubernetes.utils.quantity import parse_quantity as _parse_quantity
 
+from batchpilot_contract.pod import ENV_PREFIX
+
 DEFAULT_RUNTIME_IMAGE = "batchpilot/runtime:0.1.0"
 
 _QUANTITIES = (
@@ -61,7 +63,7 @@ class OperatorSettings:
                 if value:
                     parse_quantity(value)
             except ValueError as exc:
-                raise ValueError(f"BATCHPILOT_{name.upper()}: not a quantity: {value!r}") from exc
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}: not a quantity: {value!r}") from exc
         request, limit = self.default_memory_request, self.default_memory_limit
         if request and limit and parse_quantity(request) > parse_quantity(limit):
             raise ValueError(
@@ -86,7 +88,7 @@ class OperatorSettings:
         # Quantities: an empty value is meaningful (no default, no limit), so only an unset
         # variable takes the default.
         quantities = {
-            f.name: env.get(f"BATCHPILOT_{f.name.upper()}", getattr(defaults, f.name)).strip()
+            f.name: env.get(f"{ENV_PREFIX}{f.name.upper()}", getattr(defaults, f.name)).strip()
             for f in fields(cls)
             if f.name in _QUANTITIES
         }
