@@ -10,7 +10,7 @@ export BATCHPILOT_HOME
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help install binaries test test-unit lint fmt crds docs cluster cluster-down demo bench clean
+.PHONY: help install binaries test test-unit lint fmt crds docs cluster cluster-down demo bench pin-images clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,9 @@ crds: install ## Regenerate the BatchedModel CRD (crds/ and the chart) from oper
 docs: install ## Regenerate every generated file: the CRD, and the reference pages in docs/reference/
 	$(PY) -m batchpilot_operator.crdgen
 	$(PY) -m batchpilot_operator.docgen
+
+pin-images: ## Pin the Dockerfiles' base images by digest (needs docker buildx or crane and a reachable registry)
+	$(PY) scripts/pin_base_images.py
 
 clean: ## Remove the virtual environment and caches (not the cluster binaries)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

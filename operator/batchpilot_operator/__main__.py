@@ -5,6 +5,7 @@ Examples::
     batchpilot-operator                      # every namespace (needs cluster-wide RBAC)
     batchpilot-operator -n models -n team-b  # only these namespaces
     batchpilot-operator --standalone         # no peering (a single operator process)
+    batchpilot-operator -n models --no-cluster-scan  # no cluster-scoped RBAC needed
 
 The kubeconfig comes from ``KUBECONFIG`` (or ``~/.kube/config``), else the pod's service
 account. Settings for the runtime pods come from ``BATCHPILOT_*`` variables (see
@@ -58,6 +59,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     peering.add_argument(
         "--standalone", action="store_true", help="run without peering (a single process)"
     )
+    parser.add_argument(
+        "--no-cluster-scan",
+        action="store_true",
+        help="do not list or watch CustomResourceDefinitions and namespaces: serve the "
+        "resources found at start-up in the namespaces named, with no cluster-scoped RBAC "
+        "(the chart's namespaced install)",
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
     return parser
@@ -85,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Importing the handlers registers them with kopf's default registry.
     import batchpilot_operator.handlers  # noqa: F401
 
+    settings = kopf.OperatorSettings()
+    # kopf's scanning watches CRDs and namespaces cluster-wide to follow them appearing and
+    # going; without it the operator needs no ClusterRole at all when namespaces are named.
+    settings.scanning.disabled = args.no_cluster_scan
     kopf.run(
+        settings=settings,
         clusterwide=args.all_namespaces,
         namespaces=args.namespaces or (),
         liveness_endpoint=args.liveness or None,

@@ -93,14 +93,21 @@ def _env(bm: BatchedModel) -> list[dict[str, Any]]:
     return env
 
 
-def _resources(bm: BatchedModel) -> dict[str, Any]:
+def _resources(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
+    """The spec's resources, with the operator's defaults for CPU and memory where the spec
+    sets none, so that no runtime pod is unbounded in memory or best-effort by omission."""
     res = bm.spec.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
-    if res.cpu:
-        requests["cpu"] = res.cpu
+    if res.cpu or settings.default_cpu_request:
+        requests["cpu"] = res.cpu or settings.default_cpu_request
     if res.memory:
         requests["memory"] = limits["memory"] = res.memory
+    else:
+        if settings.default_memory_request:
+            requests["memory"] = settings.default_memory_request
+        if settings.default_memory_limit:
+            limits["memory"] = settings.default_memory_limit
     if res.gpus > 0:
         requests[bm.spec.gpu_resource_name] = limits[bm.spec.gpu_resource_name] = str(res.gpus)
     out: dict[str, Any] = {}
@@ -159,7 +166,7 @@ def _container(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
     env = _env(bm)
     if env:
         container["env"] = env
-    resources = _resources(bm)
+    resources = _resources(bm, settings)
     if resources:
         container["resources"] = resources
     claim = _pvc_claim(bm)
@@ -170,6 +177,12 @@ def _container(bm: BatchedModel, settings: OperatorSettings) -> dict[str, Any]:
     return container
 
 
+def _empty_dir(size_limit: str) -> dict[str, Any]:
+    """An emptyDir bounded by ``size_limit``: the kubelet evicts a pod that writes more,
+    rather than let it fill the node's disk."""
+    return {"sizeLimit": size_limit} if size_limit else {}
+
+
 def desired_deployment(
     bm: BatchedModel, state: TunedState, settings: OperatorSettings = _DEFAULT_SETTINGS
 ) -> dict[str, Any]:
@@ -178,8 +191,8 @@ def desired_deployment(
     volumes: list[dict[str, Any]] = [
         # The whole ConfigMap is mounted (never with subPath, which kubelet does not refresh).
         {"name": "batching", "configMap": {"name": configmap_name(bm.name)}},
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": _empty_dir(settings.tmp_size_limit)},
+        {"name": "cache", "emptyDir": _empty_dir(settings.cache_size_limit)},
     ]
     claim = _pvc_claim(bm)
     if claim:

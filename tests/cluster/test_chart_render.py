@@ -84,52 +84,111 @@ def test_default_render_is_cluster_wide_and_restricted() -> None:
     assert find(docs, "ClusterKopfPeering", "batchpilot")
 
 
-def rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
-    out: dict[tuple[str, str], set[str]] = {}
+Rule = tuple[str, str, str]  # (group, resource, resourceName or "")
+
+
+def rules(role: dict[str, Any]) -> dict[Rule, set[str]]:
+    out: dict[Rule, set[str]] = {}
     for rule in role["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                out.setdefault((group, resource), set()).update(rule["verbs"])
+                for name in rule.get("resourceNames") or [""]:
+                    out.setdefault((group, resource, name), set()).update(rule["verbs"])
     return out
+
+
+APPLICATION: dict[Rule, set[str]] = {
+    ("batchpilot.dev", "batchedmodels", ""): {"get", "list", "watch", "patch"},
+    ("batchpilot.dev", "batchedmodels/status", ""): {"patch"},
+    ("batchpilot.dev", "batchedmodels/finalizers", ""): {"update"},
+    ("apps", "deployments", ""): {"get", "list", "watch", "create", "patch"},
+    ("", "services", ""): {"get", "list", "watch", "create", "patch"},
+    ("", "configmaps", ""): {"get", "list", "watch", "create", "patch"},
+    ("", "pods", ""): {"list", "watch", "patch"},
+    ("", "events", ""): {"create"},
+}
+"""What the operator calls (tests/unit/test_rbac_audit.py derives it from the code)."""
 
 
 def test_rbac_is_least_privilege_and_split() -> None:
     docs = render()
     framework = rules(find(docs, "ClusterRole", "bp-batchpilot-framework")[0])
     application = rules(find(docs, "ClusterRole", "bp-batchpilot-application")[0])
-    assert framework[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
-    assert framework[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
-    assert application[("batchpilot.dev", "batchedmodels")] == {"get", "list", "watch", "patch"}
-    assert application[("batchpilot.dev", "batchedmodels/status")] == {"get", "patch"}
-    for child in (("apps", "deployments"), ("", "services"), ("", "configmaps")):
-        assert application[child] == {"get", "list", "watch", "create", "patch"}, child
-    assert application[("", "pods")] == {"get", "list", "watch", "patch"}
-    assert "create" in application[("", "events")]
+    # kopf lists no namespaces cluster-wide; the peering keep-alive patches only its object.
+    assert framework == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", ""): {"list", "watch"},
+        ("kopf.dev", "clusterkopfpeerings", ""): {"list", "watch"},
+        ("kopf.dev", "clusterkopfpeerings", "batchpilot"): {"patch"},
+    }
+    assert application == APPLICATION
     every_verb = set().union(*framework.values(), *application.values())
-    assert not every_verb & {"delete", "deletecollection", "*", "escalate", "bind"}
-    assert not any(r == "secrets" for _, r in {**framework, **application})
+    assert not every_verb & {"delete", "deletecollection", "*", "escalate", "bind", "impersonate"}
+    assert not any(r == "secrets" for _, r, _ in {**framework, **application})
 
 
-def test_namespaced_install_uses_roles_in_each_watched_namespace() -> None:
+def test_namespaced_install_grants_nothing_cluster_scoped() -> None:
     docs = render("watchNamespaces={models,team-b}", "peering.enabled=false")
     c = operator_container(docs)
-    assert c["args"] == ["--namespace=models", "--namespace=team-b", "--standalone"]
+    assert c["args"] == [
+        "--namespace=models",
+        "--namespace=team-b",
+        "--no-cluster-scan",
+        "--standalone",
+    ]
+    assert not find(docs, "ClusterRole")
+    assert not find(docs, "ClusterRoleBinding")
     roles = find(docs, "Role")
     assert {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles} == {
-        (ns, f"bp-batchpilot-{kind}")
-        for ns in ("models", "team-b")
-        for kind in ("framework", "application")
+        (ns, "bp-batchpilot-application") for ns in ("models", "team-b")
     }
-    assert len(find(docs, "RoleBinding")) == 4
-    (cluster_role,) = find(docs, "ClusterRole")
-    assert rules(cluster_role) == {
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-        ("", "namespaces"): {"list", "watch"},
-    }
+    assert all(rules(r) == APPLICATION for r in roles)
+    assert len(find(docs, "RoleBinding")) == 2
     assert not find(docs, "ClusterKopfPeering")
     assert not find(docs, "KopfPeering")
-    with_peering = render("watchNamespaces={models}")
-    assert [p["metadata"]["namespace"] for p in find(with_peering, "KopfPeering")] == ["models"]
+
+
+def test_namespaced_peering_is_one_object_per_namespace_patched_by_name() -> None:
+    docs = render("watchNamespaces={models}", "peering.name=bp-peers")
+    assert [p["metadata"]["namespace"] for p in find(docs, "KopfPeering", "bp-peers")] == ["models"]
+    (framework,) = find(docs, "Role", "bp-batchpilot-framework")
+    assert framework["metadata"]["namespace"] == "models"
+    assert rules(framework) == {
+        ("kopf.dev", "kopfpeerings", ""): {"list", "watch"},
+        ("kopf.dev", "kopfpeerings", "bp-peers"): {"patch"},
+    }
+    assert not find(docs, "ClusterRole")
+    (binding,) = find(docs, "RoleBinding", "bp-batchpilot-framework")
+    assert binding["subjects"][0]["namespace"] == "batchpilot-system"
+
+
+def test_runtime_defaults_and_size_limits_reach_the_operator() -> None:
+    env = {e["name"]: e.get("value") for e in operator_container(render())["env"]}
+    assert {k: v for k, v in env.items() if "LIMIT" in k or "REQUEST" in k} == {
+        "BATCHPILOT_DEFAULT_CPU_REQUEST": "1",
+        "BATCHPILOT_DEFAULT_MEMORY_REQUEST": "2Gi",
+        "BATCHPILOT_DEFAULT_MEMORY_LIMIT": "8Gi",
+        "BATCHPILOT_TMP_SIZE_LIMIT": "1Gi",
+        "BATCHPILOT_CACHE_SIZE_LIMIT": "2Gi",
+    }
+    custom = render(
+        "runtime.defaultResources.memoryLimit=32Gi",
+        "runtime.defaultResources.cpuRequest=",
+        "runtime.cacheSizeLimit=20Gi",
+    )
+    env = {e["name"]: e.get("value") for e in operator_container(custom)["env"]}
+    assert env["BATCHPILOT_DEFAULT_MEMORY_LIMIT"] == "32Gi"
+    assert env["BATCHPILOT_DEFAULT_CPU_REQUEST"] == ""
+    assert env["BATCHPILOT_CACHE_SIZE_LIMIT"] == "20Gi"
+
+
+def test_every_empty_dir_of_the_chart_has_a_size_limit() -> None:
+    (deployment,) = find(render(), "Deployment")
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    empty = [v for v in volumes if "emptyDir" in v]
+    assert empty
+    assert all(v["emptyDir"].get("sizeLimit") for v in empty), empty
+    (deployment,) = find(render("tmpSizeLimit=16Mi"), "Deployment")
+    assert deployment["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] == {"sizeLimit": "16Mi"}
 
 
 def test_non_default_values_reach_the_deployment() -> None:

@@ -97,13 +97,16 @@ class Resources(_Base):
         default=None,
         pattern=QUANTITY_PATTERN,
         json_schema_extra=_QUANTITY_RULE,
-        description="CPU request per replica (a Kubernetes quantity such as 500m or 2).",
+        description="CPU request per replica (a Kubernetes quantity such as 500m or 2); "
+        "unset: the operator's default (BATCHPILOT_DEFAULT_CPU_REQUEST).",
     )
     memory: str | None = Field(
         default=None,
         pattern=QUANTITY_PATTERN,
         json_schema_extra=_QUANTITY_RULE,
-        description="Memory request and limit per replica (a quantity such as 4Gi).",
+        description="Memory request and limit per replica (a quantity such as 4Gi); unset: "
+        "the operator's default request and limit (BATCHPILOT_DEFAULT_MEMORY_REQUEST, "
+        "BATCHPILOT_DEFAULT_MEMORY_LIMIT).",
     )
 
 
