@@ -207,6 +207,38 @@ def compare(before: Path, after: Path) -> str:
     return "\n".join(lines)
 
 
+def ablations(base: Path, variants: list[Path]) -> str:
+    """A Markdown table: what switching each rule off does, against ``base`` on the same
+    runs: the mean share within target and replica-seconds, and the trace it costs most."""
+    ref = {_key(o): o for o in json.loads(base.read_text())["outcomes"]}
+    lines = [
+        "| switched off | constants | runs | within | change | replica-s | change |"
+        " most share lost on |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for path in variants:
+        data = json.loads(path.read_text())
+        pairs = [(ref[_key(o)], o) for o in data["outcomes"] if _key(o) in ref]
+        if not pairs:
+            continue
+        n = len(pairs)
+        w0 = sum(a["within"] for a, _ in pairs) / n
+        w1 = sum(b["within"] for _, b in pairs) / n
+        r0 = sum(a["replica_seconds"] for a, _ in pairs) / n
+        r1 = sum(b["replica_seconds"] for _, b in pairs) / n
+        worst_a, worst_b = min(pairs, key=lambda p: p[1]["within"] - p[0]["within"])
+        run = worst_b["run"]
+        where = f"{run['trace']} {run['disturbance'] or ''} seed {run['seed']}".replace("  ", " ")
+        lost = worst_b["within"] - worst_a["within"]
+        consts = ", ".join(f"{k}={v:g}" for k, v in data.get("overrides", {}).items())
+        lines.append(
+            f"| {path.stem.removeprefix('ablate-')} | {consts} | {n} | {w1:.2%} |"
+            f" {100 * (w1 - w0):+.2f} pts | {r1:.0f} | {100 * (r1 / r0 - 1):+.1f}% |"
+            f" {where} ({100 * lost:+.1f} pts) |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="240 s traces, one seed")
@@ -214,6 +246,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--name", default="policy")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--ablations",
+        nargs="+",
+        metavar="NAME",
+        help="print what each ablation run (a result file) changes against --name",
+    )
     parser.add_argument(
         "--only", metavar="DISTURBANCE", help="only the runs of one disturbance (e.g. shared-node)"
     )
@@ -228,6 +266,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.compare:
         print(compare(*(RESULTS / f"{n}.json" for n in args.compare)))
+        return
+    if args.ablations:
+        print(
+            ablations(
+                RESULTS / f"{args.name}.json", [RESULTS / f"{n}.json" for n in args.ablations]
+            )
+        )
         return
     setup = Setup(
         profile_path=os.path.relpath(HERE / "service_profile.json"),
@@ -260,6 +305,7 @@ def main() -> None:
         json.dumps(
             {
                 "setup": asdict(setup),
+                "overrides": dict(overrides),
                 "outcomes": [asdict(o) for o in outcomes],
                 "elapsed_s": elapsed,
             },
