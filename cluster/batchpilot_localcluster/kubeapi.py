@@ -28,6 +28,10 @@ PATCH_TYPES = {
 }
 
 
+UNREACHABLE = (httpx.TransportError, OSError)
+"""What a request raises when the API server cannot be reached (down, restarting)."""
+
+
 class ApiError(Exception):
     """The API server answered with an error status."""
 

@@ -18,7 +18,7 @@ from types import FrameType
 from batchpilot_localcluster.containers import Backoff
 from batchpilot_localcluster.images import ImageMap
 from batchpilot_localcluster.ipam import IPAllocator
-from batchpilot_localcluster.kubeapi import JSON, ApiError, KubeAPI
+from batchpilot_localcluster.kubeapi import JSON, UNREACHABLE, ApiError, KubeAPI
 from batchpilot_localcluster.logserver import LogServer
 from batchpilot_localcluster.node import NodeResources, lease_manifest, node_manifest, node_status
 from batchpilot_localcluster.paths import Layout
@@ -105,7 +105,7 @@ class NodeAgent:
                 if now >= next_status:
                     self.post_status(now)
                     next_status = now + self.status_period
-            except (ApiError, OSError) as error:
+            except (ApiError, *UNREACHABLE) as error:  # the thread must outlive an outage
                 log.warning("heartbeat failed: %s", error)
             self.stop.wait(self.lease_seconds / 4)
 

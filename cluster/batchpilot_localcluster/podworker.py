@@ -22,7 +22,7 @@ from batchpilot_contract.pod import HOST_ENV
 from batchpilot_localcluster.containers import Backoff, ContainerRunner, Launch, rfc3339
 from batchpilot_localcluster.images import ImageMap, resolve_executable, scripts_dir
 from batchpilot_localcluster.ipam import IPAllocator, ports_free
-from batchpilot_localcluster.kubeapi import ApiError, KubeAPI
+from batchpilot_localcluster.kubeapi import UNREACHABLE, ApiError, KubeAPI
 from batchpilot_localcluster.podspec import (
     ContainerConfigError,
     container_argv,
@@ -247,6 +247,11 @@ class PodWorker(threading.Thread):
             self.config_error = str(error)
             self.next_sync = now + min(5.0, self.ctx.sync_period)
             log.warning("%s/%s: %s", self.namespace, self.pod_name, error)
+        except UNREACHABLE as error:
+            # The API server is away: keep the volumes as they are (running containers go
+            # on), as the kubelet does, and try again soon.
+            self.next_sync = now + min(5.0, self.ctx.sync_period)
+            log.warning("%s/%s: volumes not refreshed: %s", self.namespace, self.pod_name, error)
 
     def _launch(self, pod: JSON, container: JSON) -> Launch:
         image = str(container.get("image", ""))
@@ -325,6 +330,8 @@ class PodWorker(threading.Thread):
         except ApiError as error:
             if error.status not in (404, 409):
                 log.warning("status of %s/%s: %s", self.namespace, self.pod_name, error)
+        except UNREACHABLE as error:  # posted again on the next tick (status != pushed)
+            log.warning("status of %s/%s: %s", self.namespace, self.pod_name, error)
 
     # -- endings -------------------------------------------------------------------------
 
@@ -353,6 +360,8 @@ class PodWorker(threading.Thread):
         except ApiError as error:
             if error.status not in (404, 409):
                 log.warning("final delete of %s/%s: %s", self.namespace, self.pod_name, error)
+        except UNREACHABLE as error:
+            log.warning("final delete of %s/%s: %s", self.namespace, self.pod_name, error)
 
     def _cleanup(self) -> None:
         self.ctx.ipam.release(self.uid)

@@ -18,6 +18,9 @@ Each tick (every ``spec.autoscaling.intervalSeconds``; a kopf daemon in
    refreshes a mounted ConfigMap only on its next sync of the pod, and a pod update starts
    one at once. The loop then watches the pods' metrics until they all report the new
    generation, and records how long that took (an Event, and :attr:`TickResult.propagation_s`).
+   The pods are touched too when they report a generation older than the one rendered that
+   this loop has not touched them for: one rendered by an operator process killed before
+   its touch, or by the reconcile of a spec edit.
 
 The loop's state is one object kept in memory and in ``status.loop``, from which a new
 operator process resumes; only the previous scrape and the service-time points are lost on a
@@ -219,6 +222,8 @@ class TuningLoop:
         """The state of the last tick whose status write succeeded (as in ``status.loop``)."""
         self.pending: tuple[int, float] | None = None
         """(generation, time written) of a config not yet reported by every pod."""
+        self.announced = 0
+        """The newest config generation this loop touched the pods for."""
 
     def clocks(self) -> Clocks:
         """The loop's clock and the wall clock, now."""
@@ -307,17 +312,38 @@ class TuningLoop:
             self.logger.info(f"{self.namespace}/{self.name}: {event.reason}: {event.message}")
 
         live = live_pod_names(pods)
-        if applied.config_generation > before.generation and live:
-            written_at = self.clock()
-            await asyncio.to_thread(
-                self.kube.touch_pods, self.namespace, live, applied.config_generation
-            )
-            if targets:
-                self.pending = (applied.config_generation, written_at)
-                await self._watch_propagation(targets, result)
+        generation = applied.config_generation
+        if generation > before.generation and live:
+            await self._announce(live, targets, generation, result)
         elif self.pending is not None:
             self._check_propagation(obs, len(targets), result)
+        elif live and self._unannounced(obs, generation):
+            # Rendered without a touch from this process: by an operator killed between its
+            # write and its touch, or by a reconcile of a spec edit. The pods still report
+            # an older generation and would read the new one only at the kubelet's next sync.
+            self.logger.info(
+                f"{self.namespace}/{self.name}: pods report generation "
+                f"{obs.min_config_generation}, {generation} is rendered: touching them"
+            )
+            await self._announce(live, targets, generation, result)
         return result
+
+    def _unannounced(self, obs: Observation, generation: int) -> bool:
+        """Whether the pods report a generation older than ``generation``, rendered, that
+        this loop has not touched them for."""
+        reported = obs.min_config_generation
+        return self.announced < generation and reported is not None and reported < generation
+
+    async def _announce(
+        self, live: list[str], targets: Mapping[str, str], generation: int, result: TickResult
+    ) -> None:
+        """Touch the ``live`` pods for ``generation`` and watch it propagate (bounded)."""
+        written_at = self.clock()
+        await asyncio.to_thread(self.kube.touch_pods, self.namespace, live, generation)
+        self.announced = generation
+        if targets:
+            self.pending = (generation, written_at)
+            await self._watch_propagation(targets, result)
 
     async def _write(
         self, bm: BatchedModel, running: TunedState, fields: Mapping[str, Any]

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from fakepods import FakePod, scrape_of
-from policystubs import stub_decision
 
 from batchpilot_contract.batching import BatchingConfig
 from batchpilot_operator import api
@@ -28,6 +27,7 @@ from batchpilot_operator.metrics import Scrape, observe
 from batchpilot_operator.ownership import state_to_render
 from batchpilot_operator.policy import CurrentState, Decision, Rule
 from batchpilot_operator.policy.rules import Note
+from policystubs import stub_decision
 
 
 def pod(name: str, ip: str | None = "127.0.0.9", ready: bool = True, **meta: Any) -> dict[str, Any]:
@@ -355,6 +355,38 @@ async def test_pods_being_deleted_are_not_touched() -> None:
     loop.policy = lambda *_: made("retune", 1, 16, 2.0, False, True)
     await loop.tick()
     assert kube.touched == [(["m-a"], 2)]
+
+
+async def test_a_generation_rendered_without_a_touch_is_announced_by_the_next_process() -> None:
+    """An operator killed after its reconcile wrote generation 2 and before it touched the
+    pods: the next process's loop finds them reporting 1 and touches them, once."""
+    kube = FakeKube(body(), {"m-a": FakePod(), "m-b": FakePod()})
+    started(kube)
+    clock = Clock()
+    killed = loop_for(kube, clock)
+    killed.policy = lambda *_: made("retune", 1, 16, 2.0, False, True)
+
+    def die(namespace: str, pods: list[str], generation: int) -> None:
+        raise KeyboardInterrupt("killed before the touch")
+
+    touch, kube.touch_pods = kube.touch_pods, die  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        await killed.tick()
+    kube.touch_pods = touch  # type: ignore[method-assign]
+    assert kube.configmap is not None
+    assert kube.configmap.generation == 2
+    assert {p.generation._value.get() for p in kube.pods.values()} == {1}  # not reloaded
+
+    resumed = loop_for(kube, clock)  # a new process: its first tick holds (a baseline)
+    result = await resumed.tick()
+    assert result is not None
+    assert result.decision is not None
+    assert result.decision.action == "hold"
+    assert kube.touched == [(["m-a", "m-b"], 2)]
+    assert [e.reason for e in result.events] == ["ConfigInForce"]
+    clock.now += 5.0
+    await resumed.tick()
+    assert kube.touched == [(["m-a", "m-b"], 2)]  # once: the pods report it now
 
 
 async def test_propagation_not_seen_within_the_tick_is_reported_by_a_later_one() -> None:
