@@ -41,7 +41,9 @@ MAX_GPUS_PER_REPLICA = 16
 MAX_LATENCY_TARGET_MS = 600_000.0
 
 # The runtime's tasks (batchpilot_runtime.backends.TASKS); generation joins when it serves it.
-Task = Literal["embedding", "classification", "rerank", "image-classification"]
+Task = Literal[
+    "embedding", "classification", "rerank", "image-classification", "multimodal-embedding"
+]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -146,8 +148,10 @@ class ModelSource(_Base):
     task: Task = Field(
         description=(
             "What the model does: embedding (vectors), classification (labels of a text), "
-            "rerank (a cross-encoder with one output scoring (query, document) pairs) or "
-            "image-classification (labels of an image, with the model's image processor)."
+            "rerank (a cross-encoder with one output scoring (query, document) pairs), "
+            "image-classification (labels of an image, with the model's image processor) or "
+            "multimodal-embedding (texts and images as vectors in one space: a CLIP- or "
+            "SigLIP-style model with a text and an image tower)."
         ),
     )
     revision: str | None = Field(
