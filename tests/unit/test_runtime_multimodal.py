@@ -18,7 +18,10 @@ import pytest
 from fakeruntime import serve, settings, until_ready
 from PIL import Image
 
+from batchpilot_contract.lifecycle import EXIT_MODEL_REFUSED
+from batchpilot_runtime.__main__ import load_failure_status
 from batchpilot_runtime.app import Runtime
+from batchpilot_runtime.backends import ModelRefused
 from batchpilot_runtime.backends.emulated import IMAGE_SHAPE, EmulatedModel, Profile
 from batchpilot_runtime.batcher import Batch
 
@@ -266,3 +269,14 @@ async def test_a_bad_request_is_refused_naming_the_input(
     assert error["param"] == field
     assert names(error["message"], field), error["message"]
     assert runtime.stats()["items"] == 0  # refused before anything was queued
+
+
+def test_a_refused_model_exits_with_its_own_status_and_says_why(tmp_path: Path) -> None:
+    message = tmp_path / "termination-log"
+    refused = ModelRefused("task multimodal-embedding: the model at m (bert) has no image tower")
+    assert load_failure_status([refused], message) == EXIT_MODEL_REFUSED
+    assert not message.exists()  # outside a pod: nothing written
+    message.touch()  # the kubelet makes the file
+    assert load_failure_status([RuntimeError("disk"), refused], message) == EXIT_MODEL_REFUSED
+    assert "(bert) has no image tower" in message.read_text()
+    assert load_failure_status([RuntimeError("out of memory")], message) == 1
