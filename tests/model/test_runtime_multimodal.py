@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,9 +20,11 @@ import openai
 import pytest
 import tritonclient.http as triton
 from PIL import Image
-from runtime_server import Server, run_server
+from runtime_server import Server, free_port, run_server
 from tiny_models import CLIP_DIMS, IMAGE_SIZE, clip
 from transformers import CLIPImageProcessor
+
+from batchpilot_contract.lifecycle import EXIT_MODEL_REFUSED
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> bytes:
@@ -131,3 +136,27 @@ def test_bad_inputs_are_refused_and_the_server_serves_on(
     assert response.json()["error"]["param"] == field
     good = httpx.post(server.url + "/v1/embeddings", json={"input": "still here"}, timeout=30)
     assert good.status_code == 200
+
+
+REFUSED_LOAD = """
+import sys
+from batchpilot_runtime.__main__ import serve
+from batchpilot_runtime.backends import ModelRefused
+from batchpilot_runtime.settings import parse_settings
+
+def load():
+    raise ModelRefused("task multimodal-embedding: the model at m (bert) has no image tower")
+
+sys.exit(serve(parse_settings(sys.argv[1:]), load))
+"""
+
+
+def test_a_refused_model_ends_the_process_with_its_own_status(tmp_path: Path) -> None:
+    # The runtime's own serve() with a loader that refuses the model, as the torch one does.
+    args = ["--model", "/models/m", "--config", str(tmp_path / "batching.json")]
+    args += ["--host", "127.0.0.1", "--port", str(free_port())]
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSED_LOAD, *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == EXIT_MODEL_REFUSED, done.stderr
+    assert "(bert) has no image tower" in done.stderr
