@@ -36,3 +36,17 @@ def termination_grace_seconds(
     """The pod's ``terminationGracePeriodSeconds`` for a runtime stopping with these bounds:
     the drain delay, then the graceful bound, then the margin for releasing the models."""
     return math.ceil(drain_delay + graceful_timeout + SHUTDOWN_MARGIN_SECONDS)
+
+
+EXIT_MODEL_REFUSED: Final = 3
+"""The runtime's exit status when the model cannot serve its task (a reranker with more than
+one output, a multimodal embedder without an image tower): restarting will not help. The
+runtime writes why to :data:`TERMINATION_MESSAGE_PATH`, and the operator's ``Degraded``
+condition shows :data:`MODEL_REFUSED_REASON` with that message."""
+
+MODEL_REFUSED_REASON: Final = "ModelRefused"
+"""The ``Degraded`` reason of a BatchedModel whose runtime exited :data:`EXIT_MODEL_REFUSED`."""
+
+TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+"""Kubernetes' default ``terminationMessagePath``, which the pod template keeps: what the
+runtime writes there becomes the container's ``lastState.terminated.message``."""

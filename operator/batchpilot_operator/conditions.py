@@ -8,7 +8,9 @@ Three conditions, after the Kubernetes API conventions (no phase string):
 - ``Progressing``: a rollout or a scale is under way (``RollingOut``, ``ScalingUp``,
   ``ScalingDown``), or not (``Complete``, ``ProgressDeadlineExceeded``).
 - ``Degraded``: something needs a human (a pod's waiting or terminated reason, a failed
-  Deployment, an operator error), or ``AsExpected``.
+  Deployment, an operator error), or ``AsExpected``. A runtime that exited because its model
+  cannot serve the task (``ModelRefused``, with the runtime's own words) outranks the crash
+  loop that follows.
 
 ``lastTransitionTime`` moves only when a condition's status flips; a new reason or message
 alone keeps it, so an unchanged situation always yields an identical status.
@@ -23,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchpilot_contract.labels import selector_string
+from batchpilot_contract.lifecycle import EXIT_MODEL_REFUSED, MODEL_REFUSED_REASON
 from batchpilot_operator.api import EMULATED_SCHEME, BatchedModel, TunedState
 
 READY = "Ready"
@@ -92,6 +95,13 @@ def _container_problem(pod: str, cs: Mapping[str, Any]) -> Problem | None:
     waiting = _get(cs, "state", "waiting")
     terminated = _get(cs, "state", "terminated")
     last = _get(cs, "lastState", "terminated")
+    refused = next(
+        (t for t in (terminated, last) if t and t.get("exitCode") == EXIT_MODEL_REFUSED), None
+    )
+    if refused is not None:
+        # Restarting will not help: say why the model was refused, not that the pod loops.
+        why = refused.get("message") or "the model cannot serve its task (see the pod's log)"
+        return Problem(MODEL_REFUSED_REASON, f"pod {pod} container {container}: {why}")
     if waiting and (waiting.get("reason") or "") not in BENIGN_WAITING_REASONS:
         reason = waiting["reason"]
         text = f"pod {pod} container {container}: {reason}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,8 +15,9 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
+from batchpilot_contract.lifecycle import EXIT_MODEL_REFUSED, TERMINATION_MESSAGE_PATH
 from batchpilot_runtime.app import Loader, Runtime, create_app
-from batchpilot_runtime.backends import emulated
+from batchpilot_runtime.backends import ModelRefused, emulated
 from batchpilot_runtime.settings import Settings, parse_settings, resolve_model_path
 
 log = logging.getLogger("batchpilot_runtime")
@@ -116,8 +118,27 @@ def transformers_loader(settings: Settings, path: Path) -> Loader:
     return load
 
 
+def load_failure_status(
+    failures: Sequence[BaseException], message_path: Path = Path(TERMINATION_MESSAGE_PATH)
+) -> int:
+    """The exit status after a failed load: :data:`EXIT_MODEL_REFUSED` when the model cannot
+    serve its task (with why written to the pod's termination message), else 1."""
+    refused = next((f for f in failures if isinstance(f, ModelRefused)), None)
+    if refused is None:
+        return 1
+    # Only where the kubelet made the file: outside a pod there is no one to read it.
+    if message_path.is_file():
+        with contextlib.suppress(OSError):
+            message_path.write_text(f"{MODEL_REFUSED}: {refused}"[:4096])
+    return EXIT_MODEL_REFUSED
+
+
+MODEL_REFUSED = "the model cannot serve its task"
+
+
 def serve(settings: Settings, load: Loader) -> int:
-    """Run the server until SIGTERM; 0 after a clean drain, 1 if the model failed to load."""
+    """Run the server until SIGTERM; 0 after a clean drain, 1 if the model failed to load
+    (:data:`EXIT_MODEL_REFUSED` if it cannot serve its task)."""
     failures: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:
@@ -146,7 +167,7 @@ def serve(settings: Settings, load: Loader) -> int:
             raise
         code = 130
     else:
-        code = 1 if failures else 0
+        code = load_failure_status(failures) if failures else 0
     if runtime.load_running():
         # A signal came while the model was loading. The server has shut down cleanly and
         # never accepted inference (it was not ready); only the load thread is left, and it

@@ -74,6 +74,9 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+    modality: Literal["text", "image"] = "text"
+    """What ``input`` holds (Infinity's extension): texts, or images as base64 or data URLs
+    (``multimodal-embedding`` models only)."""
 
 
 class ClassifyRequest(_Body):

@@ -225,8 +225,14 @@ def create_app(
         async def handle(body: bytes, priority: int) -> dict[str, Any]:
             req = api.parse(api.EmbeddingRequest, body)
             runtime.check_model(req.model)
+            if runtime.info.task == "multimodal-embedding":
+                return await task_routes.embed_multimodal(runtime, req, request, priority)
             if runtime.info.task != "embedding":
                 raise ApiError(400, f"model: {runtime.name!r} is not an embedding model")
+            if req.modality != "text":
+                raise ApiError(
+                    400, f"modality: {runtime.name!r} embeds texts only", param="modality"
+                )
             texts = api.texts_of(req.input)
             runtime.check_texts(texts, "input")
             dims = runtime.info.dimensions or 0

@@ -116,6 +116,32 @@ def test_crashing_model_is_degraded_with_the_pods_reason() -> None:
 
 
 @pytest.mark.parametrize(
+    ("last", "said"),
+    [
+        (
+            {"reason": "Error", "exitCode": 3, "message": "task rerank: 3 output labels"},
+            "task rerank: 3 output labels",
+        ),
+        ({"reason": "Error", "exitCode": 3}, "the model cannot serve its task"),
+    ],
+    ids=["with the runtime's message", "exit code alone"],
+)
+def test_a_model_refused_at_load_is_degraded_with_why(last: dict[str, Any], said: str) -> None:
+    crash = pod(
+        "m-abc",
+        phase="Running",
+        containerStatuses=[waiting("CrashLoopBackOff", "back-off 10s", last=last)],
+    )
+    conditions = desired_conditions(1, 1, Observed(deployment(1, 0), [crash]))
+    got = by_type(conditions)
+    assert got["Ready"] == ("False", "ModelRefused")
+    assert got["Degraded"] == ("True", "ModelRefused")
+    message = next(c["message"] for c in conditions if c["type"] == "Degraded")
+    assert "m-abc" in message
+    assert said in message
+
+
+@pytest.mark.parametrize(
     ("p", "reason"),
     [
         (pod(phase="Pending", containerStatuses=[waiting("ImagePullBackOff")]), "ImagePullBackOff"),

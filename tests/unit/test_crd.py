@@ -75,6 +75,7 @@ def test_validation_rules_and_bounds() -> None:
         "classification",
         "rerank",
         "image-classification",
+        "multimodal-embedding",
     ]
     assert spec["model"]["required"] == ["uri", "task"]
     assert schema["properties"]["spec"]["required"] == ["model"]

@@ -387,7 +387,9 @@ def test_a_retired_replica_holds_its_device_for_the_stop_time() -> None:
         await asyncio.sleep(10.0)
         cluster.scale_to(1)  # the idle replica drains at once, then stops 5 s later
         await asyncio.sleep(20.0)
-        return cluster.replica_seconds(loop.time())
+        seconds = cluster.replica_seconds(loop.time())
+        await cluster.close(loop.time())  # the live replica's batcher stops with the loop
+        return seconds
 
     assert run_virtual(main()) == pytest.approx(30 + 15)
 

@@ -30,7 +30,9 @@ MAX_GPUS_PER_REPLICA = 16
 MAX_LATENCY_TARGET_MS = 600_000.0
 
 # The runtime's tasks (batchpilot_runtime.backends.TASKS); generation joins when it serves it.
-Task = Literal["embedding", "classification", "rerank", "image-classification"]
+Task = Literal[
+    "embedding", "classification", "rerank", "image-classification", "multimodal-embedding"
+]
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 

@@ -53,8 +53,10 @@ class ModelSource(_Base):
     task: Task = Field(
         description=(
             "What the model does: embedding (vectors), classification (labels of a text), "
-            "rerank (a cross-encoder with one output scoring (query, document) pairs) or "
-            "image-classification (labels of an image, with the model's image processor)."
+            "rerank (a cross-encoder with one output scoring (query, document) pairs), "
+            "image-classification (labels of an image, with the model's image processor) or "
+            "multimodal-embedding (texts and images as vectors in one space: a CLIP- or "
+            "SigLIP-style model with a text and an image tower)."
         ),
     )
     revision: str | None = Field(

@@ -17,8 +17,18 @@ import numpy.typing as npt
 
 from batchpilot_runtime.batcher import Model
 
-Task = Literal["embedding", "classification", "rerank", "image-classification"]
-TASKS: tuple[Task, ...] = ("embedding", "classification", "rerank", "image-classification")
+Task = Literal[
+    "embedding", "classification", "rerank", "image-classification", "multimodal-embedding"
+]
+TASKS: tuple[Task, ...] = (
+    "embedding",
+    "classification",
+    "rerank",
+    "image-classification",
+    "multimodal-embedding",
+)
+Modality = Literal["text", "image"]
+"""What a ``multimodal-embedding`` item is: a text for the text tower, an image for the other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +38,13 @@ class ModelInfo:
     task: Task
     device: str
     dimensions: int | None = None
-    """Embedding size (``embedding`` task)."""
+    """Embedding size (``embedding`` and ``multimodal-embedding``)."""
     labels: tuple[str, ...] = ()
     """Class labels in output order (``classification`` and ``image-classification``)."""
     max_length: int = 512
     """Longest input in tokens; longer inputs are truncated."""
     image_shape: tuple[int, int, int] | None = None
-    """Channels, height and width of a preprocessed image (``image-classification``)."""
+    """Channels, height and width of a preprocessed image (the image tasks)."""
     emulated: str | None = None
     """The service-time profile of an emulated accelerator (None: a real model runs)."""
 
@@ -71,6 +81,17 @@ RERANK_KIND: Hashable = ("rerank",)
 """Batch kind of (query, document) pairs: each pair is one item."""
 IMAGE_KIND: Hashable = ("image",)
 """Batch kind of images: a decoded image or a preprocessed ``(C, H, W)`` float32 array."""
+
+
+def multimodal_kind(modality: Modality, normalize: bool) -> Hashable:
+    """Batch kind of ``multimodal-embedding`` items: texts and images run different towers,
+    so they never share a batch (nor do normalised and raw vectors)."""
+    return ("multimodal", modality, normalize)
+
+
+class ModelRefused(ValueError):  # noqa: N818  (the name says what happened)
+    """The model at the path cannot serve the task: raised at load; the message says why and
+    what to do instead."""
 
 
 class ServedModel(Model, Protocol):

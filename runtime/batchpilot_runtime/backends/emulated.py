@@ -6,9 +6,9 @@ real runtime: HTTP, the batcher, the queue, deadlines, metrics, config reload an
 batch of ``b`` items holds the emulated device for ``t(b) = base + per_item * b`` scaled by
 the profile's spread, and returns well-formed outputs: a deterministic vector per text (the
 same text always gives the same vector), a score per label, or a relevance score per
-(query, document) pair; images are scored from their pixels. Start-up waits the profile's
-model-load time before the server turns ready, so a new replica is as slow to serve as a
-real one. No torch, and almost no CPU per batch, so a dozen replicas share two cores.
+(query, document) pair; images are scored, or embedded, from their pixels. Start-up waits the
+profile's model-load time before the server turns ready, so a new replica is as slow to serve
+as a real one. No torch, and almost no CPU per batch, so a dozen replicas share two cores.
 
 The device shows as ``emulated:NAME`` in ``/stats``, in the logs and in the
 ``batchpilot_device_info`` metric; nothing here pretends to be a GPU.
@@ -40,13 +40,15 @@ from batchpilot_runtime.backends import (
     RerankOutput,
     Task,
     embedding_kind,
+    multimodal_kind,
 )
 from batchpilot_runtime.batcher import Batch
 
 log = logging.getLogger(__name__)
 
 IMAGE_SHAPE = (3, 224, 224)
-"""The preprocessed image an emulated image classifier takes (a ViT-Base's)."""
+"""The preprocessed image an emulated image model takes (a ViT-Base's, as CLIP ViT-B/32's)."""
+IMAGE_TASKS = ("image-classification", "multimodal-embedding")
 
 SCHEME = "emulated://"
 """Model URIs with this scheme select an emulated accelerator: ``emulated://NAME``."""
@@ -238,10 +240,10 @@ class EmulatedModel:
         self._info = ModelInfo(
             task=task,
             device=f"emulated:{profile.name}",
-            dimensions=profile.dimensions if task == "embedding" else None,
+            dimensions=profile.dimensions if "embedding" in task else None,
             labels=profile.labels if task in ("classification", "image-classification") else (),
             max_length=profile.max_length,
-            image_shape=IMAGE_SHAPE if task == "image-classification" else None,
+            image_shape=IMAGE_SHAPE if task in IMAGE_TASKS else None,
             emulated=profile.name,
         )
         self._spread = profile.spread.sampler(random.Random(seed))
@@ -267,6 +269,8 @@ class EmulatedModel:
             logit = float(np.random.default_rng(_seed(f"{query}\0{document}")).normal(0, 2))
             score = 1.0 / (1.0 + math.exp(-logit))
             return RerankOutput(logit, score, _tokens(query) + _tokens(document) - 1)
+        if self.task == "multimodal-embedding":
+            return self._embed(payload, kind)
         if kind == IMAGE_KIND:
             # A decoded image or a preprocessed array: either way, its pixels pick the scores.
             pixels = payload.tobytes()
@@ -284,6 +288,16 @@ class EmulatedModel:
         logits = rng.standard_normal(len(self.profile.labels))
         scores = np.exp(logits - logits.max())
         return ClassificationOutput((scores / scores.sum()).astype(np.float32), _tokens(text))
+
+    def _embed(self, payload: Any, kind: Hashable) -> EmbeddingOutput:
+        """A vector from a text's characters or an image's pixels, in the one space."""
+        image = kind in (multimodal_kind("image", True), multimodal_kind("image", False))
+        seed = _seed(payload.tobytes()) if image else _seed(str(payload))
+        rng = np.random.default_rng(seed)
+        vector = rng.standard_normal(self.profile.dimensions).astype(np.float32)
+        if kind in (multimodal_kind("text", True), multimodal_kind("image", True)):
+            vector /= np.linalg.norm(vector)
+        return EmbeddingOutput(vector, 0 if image else _tokens(str(payload)))
 
     async def warm_up(self) -> None:
         """The model load: the profile's start-up time (cancellable, so SIGTERM is prompt)."""

@@ -1,5 +1,6 @@
 """Transformers models on torch: embedding (mean pooling), sequence classification and
-reranking (a cross-encoder: one output per (query, document) pair); images in ``hf_image``.
+reranking (a cross-encoder: one output per (query, document) pair); images in ``hf_image``,
+text and image embeddings in ``hf_multimodal``.
 
 Each :class:`TransformersModel` owns one device and two worker threads: one tokenises, one
 runs forward passes. ``run()`` hands a batch to the first and then to the second, so while
@@ -30,6 +31,7 @@ from batchpilot_runtime.backends import (
     ClassificationOutput,
     EmbeddingOutput,
     ModelInfo,
+    ModelRefused,
     RerankOutput,
     Task,
     embedding_kind,
@@ -116,7 +118,7 @@ class TransformersModel:
         )
         config = model.config
         if task == "rerank" and config.num_labels != 1:
-            raise ValueError(
+            raise ModelRefused(
                 f"task rerank: the model at {path.name} has {config.num_labels} output labels; "
                 "a reranker (cross-encoder) has exactly one. Serve it with task classification, "
                 "or give a single-output cross-encoder"
@@ -276,6 +278,10 @@ def load_models(
         from batchpilot_runtime.backends.hf_image import ImageClassifier
 
         kind = ImageClassifier
+    elif task == "multimodal-embedding":
+        from batchpilot_runtime.backends.hf_multimodal import MultimodalEmbedder
+
+        kind = MultimodalEmbedder
     for dev in visible_devices(device):
         model = kind(path, task, dev, dtype=dtype, trust_remote_code=trust_remote_code)
         if dev.type == "cuda":

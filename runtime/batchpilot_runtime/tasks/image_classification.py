@@ -47,8 +47,15 @@ async def from_json(
 ) -> tuple[api.ClassifyRequest, list[ImageItem]]:
     """The request and the decoded images (at most ``most``) of a JSON ``/v1/classify`` body."""
     req = api.parse(api.ClassifyRequest, body)
-    single = isinstance(req.input, str)
-    values = api.texts_of(req.input)
+    return req, await decode_input(req.input, limits, most)
+
+
+async def decode_input(
+    value: str | list[str], limits: images.ImageLimits, most: int
+) -> list[ImageItem]:
+    """The decoded images of a JSON ``input`` (one base64 string or data URL, or a list)."""
+    single = isinstance(value, str)
+    values = api.texts_of(value)
     check_count(len(values), most, "input")
     encoded = [
         (
@@ -57,7 +64,7 @@ async def from_json(
         )
         for i, v in enumerate(values)
     ]
-    return req, list(await images.decode_all(encoded, limits))
+    return list(await images.decode_all(encoded, limits))
 
 
 async def from_multipart(

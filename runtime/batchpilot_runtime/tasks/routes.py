@@ -1,7 +1,9 @@
-"""Routes and handlers of the ``rerank`` and ``image-classification`` tasks.
+"""Routes and handlers of the ``rerank``, ``image-classification`` and
+``multimodal-embedding`` tasks.
 
 :func:`install` adds ``POST /v1/rerank``; the app hands ``/v1/classify`` of an image model to
-:func:`classify_images`, and ``/v2/models/{name}/infer`` of these tasks to :func:`infer`.
+:func:`classify_images`, ``/v1/embeddings`` of a text and image embedder to
+:func:`embed_multimodal`, and ``/v2/models/{name}/infer`` of these tasks to :func:`infer`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,20 @@ from fastapi.responses import Response
 
 from batchpilot_runtime import api, images, oip_binary, openapi
 from batchpilot_runtime.api import ApiError
-from batchpilot_runtime.backends import IMAGE_KIND, RERANK_KIND, ModelInfo, Task
+from batchpilot_runtime.backends import (
+    IMAGE_KIND,
+    RERANK_KIND,
+    ModelInfo,
+    Task,
+    multimodal_kind,
+)
 from batchpilot_runtime.service import Runtime
-from batchpilot_runtime.tasks import rerank
+from batchpilot_runtime.tasks import multimodal, rerank
 
 Handler = Callable[[bytes, int], Awaitable[dict[str, Any] | Response]]
 Inference = Callable[[Request, Handler], Awaitable[Response]]
 
-OWN_TASKS: tuple[Task, ...] = ("rerank", "image-classification")
+OWN_TASKS: tuple[Task, ...] = ("rerank", "image-classification", "multimodal-embedding")
 """Tasks whose OIP v2 requests and metadata are handled here."""
 
 
@@ -85,18 +93,47 @@ async def classify_images(
     )
 
 
+async def embed_multimodal(
+    runtime: Runtime, req: api.EmbeddingRequest, request: Request, priority: int
+) -> dict[str, Any]:
+    """``POST /v1/embeddings`` of a text and image embedder: texts or images, by ``modality``."""
+    from batchpilot_runtime.tasks import image_classification as ic  # Pillow: image models only
+
+    multimodal.check_dimensions(req, runtime.info)
+    normalize = runtime.settings.normalize
+    items: list[Any]
+    if req.modality == "image":
+        items = await ic.decode_input(req.input, image_limits(runtime), most_images(runtime))
+        lengths = [1] * len(items)
+    else:
+        items = api.texts_of(req.input)
+        runtime.check_texts(items, "input")
+        lengths = [len(t) for t in items]
+    kind = multimodal_kind(req.modality, normalize)
+    outputs = await runtime.infer(request, kind, items, priority, lengths=lengths)
+    return api.embeddings_response(
+        outputs,
+        model=runtime.name,
+        encoding_format=req.encoding_format,
+        dimensions=req.dimensions,
+        normalized=normalize,
+    )
+
+
 async def infer(
     runtime: Runtime, request: Request, name: str, body: bytes, priority: int
 ) -> Response:
-    """``POST /v2/models/{name}/infer`` of a reranker or an image classifier."""
+    """``POST /v2/models/{name}/infer`` of a reranker, an image classifier or embedder."""
     info = runtime.info
-    is_image = info.task == "image-classification"
+    is_image = info.task in ("image-classification", "multimodal-embedding")
     header, binary = oip_binary.split_body(body, request.headers.get(oip_binary.HEADER))
     req = api.parse(api.InferRequest, header)
-    oip_binary.attach_inputs(req, binary, raw_bytes=is_image)
+    oip_binary.attach_inputs(req, binary, raw_bytes=is_image and _holds_images(req))
     oip_binary.select_outputs(req, [o["name"] for o in model_metadata(name, info)["outputs"]])
     answer: dict[str, Any]
-    if is_image:
+    if info.task == "multimodal-embedding":
+        answer = await _infer_multimodal(runtime, request, req, priority)
+    elif is_image:
         from batchpilot_runtime.tasks import image_classification as ic
 
         items = await ic.from_infer(req, info, image_limits(runtime), most_images(runtime))
@@ -116,10 +153,37 @@ async def infer(
     return Response(content, media_type=media_type, headers=headers)
 
 
+async def _infer_multimodal(
+    runtime: Runtime, request: Request, req: api.InferRequest, priority: int
+) -> dict[str, Any]:
+    from batchpilot_runtime.tasks import image_classification as ic
+
+    modality = multimodal.infer_modality(req)
+    normalize = multimodal.normalize_of(req, runtime.settings.normalize)
+    items: list[Any]
+    if modality == "image":
+        items = await ic.from_infer(req, runtime.info, image_limits(runtime), most_images(runtime))
+        lengths = [1] * len(items)
+    else:
+        items = api.tensor_texts(req.inputs[0], 0)
+        runtime.check_texts(items, "inputs[0].data")
+        lengths = [len(t) for t in items]
+    kind = multimodal_kind(modality, normalize)
+    outputs = await runtime.infer(request, kind, items, priority, lengths=lengths)
+    return multimodal.infer_response(outputs, model=runtime.name, request_id=req.id)
+
+
+def _holds_images(req: api.InferRequest) -> bool:
+    # Raw binary tensors of an image input stay bytes; those of a text input become strings.
+    return all(t.name != "text" for t in req.inputs)
+
+
 def model_metadata(name: str, info: ModelInfo) -> dict[str, Any]:
     """``GET /v2/models/{name}`` for any task."""
     if info.task == "rerank":
         return rerank.model_metadata(name, info)
+    if info.task == "multimodal-embedding":
+        return multimodal.model_metadata(name, info)
     if info.task == "image-classification":
         from batchpilot_runtime.tasks import image_classification as ic
 
