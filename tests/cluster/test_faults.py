@@ -275,7 +275,7 @@ def test_the_operator_killed_mid_tick_converges_on_restart(
 # ------------------------------------------------------------------- the API server restarted
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 def test_an_api_server_restart_loses_no_request_and_recreates_nothing(
     cluster: LocalCluster, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -308,7 +308,7 @@ def test_an_api_server_restart_loses_no_request_and_recreates_nothing(
         "patch", "bm", NAME, "-n", namespace, "--type=merge",
         "-p", '{"spec": {"batching": {"maxWaitMs": 7}}}',
     )  # fmt: skip
-    wait_for(lambda: configmap(cluster, namespace)["maxWaitMs"] == 7.0, timeout=60,
+    wait_for(lambda: configmap(cluster, namespace)["maxWaitMs"] == 7.0, timeout=120,
              what="the spec edit rendered after the restart",
              describe=lambda: operator.log()[-3000:])  # fmt: skip
     assert configmap(cluster, namespace)["generation"] == generation + 1

@@ -36,7 +36,8 @@ from batchpilot_operator.api import TunedState
 from batchpilot_operator.loop import TuningLoop
 from batchpilot_operator.loopkube import KubeForLoop
 from batchpilot_operator.metrics import Scrape
-from batchpilot_operator.policy import CurrentState, Decision
+from batchpilot_operator.policy import CurrentState, Decision, Rule
+from batchpilot_operator.policy.rules import Note
 from policystubs import stub_decision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -733,6 +734,7 @@ TUNED_SPEC = kwok_spec(autoscaling={"enabled": True, "minReplicas": 1, "maxRepli
 def scale_up(_obs: Any, cur: CurrentState, _spec: Any, now: float) -> Decision:
     return stub_decision(
         *("scale-up+retune", 3, 64, 8.0, True, True),
+        Note.of(Rule.SCALE_UP, replicas=3),
         recommendations=((now - 5.0, 1), (now, 3)),
         utilization_target=0.75,
         last_overload=now,
@@ -794,7 +796,7 @@ async def test_the_loop_writes_its_state_and_the_reconcile_renders_it(
         held = until(
             lambda: (
                 (bm := models.must("batchedmodel", "tuned"))["status"]["lastDecision"]["reason"]
-                != "queue grows"
+                != "scale up to 3"
                 and bm
             ),
             "the operator's own tick",
