@@ -58,24 +58,6 @@ def batches_fill(obs: Observation, max_batch_size: int, spec: TuningSpec) -> boo
     return mean is not None and mean >= spec.fill_share * max_batch_size
 
 
-def _model_may_cut(
-    fit: ServiceTimeFit,
-    model: int,
-    ev: Evidence,
-    a: Assessment,
-    current: CurrentState,
-    spec: TuningSpec,
-) -> bool:
-    """Whether the model may lower the batch size to ``model``: on a measured miss, or while
-    within target if the replicas running still carry the demand at that size (a cut that
-    costs no capacity the load needs). A fit inflated by a noisy neighbour would otherwise
-    cut capacity the measurement says is fine, and then ask for replicas to make up for it."""
-    if a.regime not in WITHIN_TARGET:
-        return True
-    utilization = current.utilization_target or spec.target_utilization
-    return fit.throughput(model) * current.replicas * utilization >= ev.demand
-
-
 def plan_config(
     obs: Observation, ev: Evidence, a: Assessment, current: CurrentState, spec: TuningSpec
 ) -> tuple[int, float, Rule, list[Note]]:
@@ -103,7 +85,10 @@ def plan_config(
         model = model_batch_size(fit, spec)
         values = {"a": fit.intercept_s * 1e3, "c": fit.per_item_s * 1e3, "size": model}
         kept = int(clamp(current.max_batch_size, spec.min_batch_size, spec.max_batch_size))
-        if model < min(size, kept) and not _model_may_cut(fit, model, ev, a, current, spec):
+        # The measurement outranks the model: while the p95 is within target, a fit that
+        # says the batch is too large (inflated by a noisy neighbour, or measured on batches
+        # that never filled) may stop it growing but not cut it.
+        if model < min(size, kept) and a.regime in WITHIN_TARGET:
             size = kept  # the measurement outranks the model: no increase, and no cut
             rule = Rule.MODEL_OVERRULED
             notes.append(Note.of(rule, **values))

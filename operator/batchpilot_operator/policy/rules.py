@@ -139,7 +139,7 @@ class Rule(StrEnum):
         "model-overruled",
         Stage.PLAN,
         "t(b) = {a:.1f} + {c:.2f}*b ms would cap batch at {size}, but the measured p95 is"
-        " within target and the replicas would not carry the demand at that size: batch kept",
+        " within target: batch kept",
     )
     WAIT_SET = ("wait-set", Stage.PLAN, "wait {wait:g} ms")
     NO_DEMAND = ("no-demand", Stage.PLAN, "no demand (no arrivals, no queue): 1 would do")
