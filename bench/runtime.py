@@ -395,7 +395,7 @@ def table(results: dict[str, Any]) -> str:
         f"load average {results['loadavg_before']:.2f} before, {results['loadavg_after']:.2f} "
         "after (1 min).",
         f"Server config: maxBatchSize {results['batch']}, maxWaitMs {results['max_wait_ms']}; "
-        f"Each level: {results['rounds']} rounds of an offline slice (batches of "
+        f"each level: {results['rounds']} rounds of an offline slice (batches of "
         f"{results['batch']}) then a served one ({results['seconds']:g} s or 8 batch times, "
         f"after {results['warmup']:g} s or 2 batch times of warm-up).",
         "",
