@@ -14,7 +14,7 @@ from bench.gpu.models import prepare_minilm, tokenizer_source
 
 PACKAGES = (
     "torch", "transformers", "tokenizers", "numpy", "fastapi", "starlette", "uvicorn",
-    "pydantic", "pydantic_core", "httptools", "uvloop", "httpx", "prometheus_client",
+    "pydantic", "pydantic_core", "httptools", "uvloop", "httpx", "prometheus_client", "orjson",
 )  # fmt: skip
 
 

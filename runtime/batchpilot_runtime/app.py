@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -113,8 +113,10 @@ def _priority(request: Request) -> int:
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # orjson: an embedding's hundreds of floats are most of a response, and the standard
+    # encoder's per-float cost is paid on the event loop, holding the GIL.
     return Response(
-        json.dumps(body, separators=(",", ":")).encode(),
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
         status_code=status,
         media_type="application/json",
         headers=headers,

@@ -237,21 +237,24 @@ class Runtime:
             ) from None
         except BatcherClosed:
             raise ApiError(503, "shutting down", kind="unavailable") from None
-        gathered = asyncio.gather(*futures, return_exceptions=True)
+        # One future for "every item done, or the client gone": a single wake-up per request,
+        # without gather's and wait()'s intermediate futures on this per-request path.
+        settled = _when_all(futures)
         disconnected = asyncio.ensure_future(_client_gone(request.receive))
+        disconnected.add_done_callback(lambda _: _resolve(settled))
         try:
-            await asyncio.wait((gathered, disconnected), return_when=asyncio.FIRST_COMPLETED)
+            await settled
         except asyncio.CancelledError:
             for future in futures:  # its items leave the queue rather than run for no one
                 future.cancel()
             raise
         finally:
             disconnected.cancel()
-        if not gathered.done():
+        if not all(future.done() for future in futures):
             for future in futures:
                 future.cancel()
             raise ApiError(CLIENT_CLOSED, "client closed the request", kind="cancelled")
-        results = gathered.result()
+        results = [_outcome(future) for future in futures]
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             if any(isinstance(e, DeadlineExceeded) for e in errors):
@@ -308,6 +311,36 @@ class Runtime:
     def record(self, outcome: str, duration: float | None) -> None:
         self.requests[outcome] += 1
         self.telemetry.request_done(outcome, duration)
+
+
+def _when_all(futures: Sequence[asyncio.Future[Any]]) -> asyncio.Future[None]:
+    """A future resolved once every one of ``futures`` is done (however it ended)."""
+    settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = len(futures)
+
+    def one_done(_: asyncio.Future[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            _resolve(settled)
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    if not futures:
+        _resolve(settled)
+    return settled
+
+
+def _outcome(future: asyncio.Future[Any]) -> Any:
+    """A done future's result, or its exception as a value (as ``gather`` would return it)."""
+    if future.cancelled():
+        return asyncio.CancelledError()
+    return future.exception() or future.result()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _client_gone(receive: Receive) -> None:
