@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from policystubs import stub_decision
 
 from batchpilot_operator import api, conditions, desired
 from batchpilot_operator.api import BatchedModel, LoopStatus, TunedState
@@ -19,6 +18,7 @@ from batchpilot_operator.ownership import (
     reconciler_fields,
     state_to_render,
 )
+from policystubs import stub_decision
 
 
 def model(status: dict[str, Any] | None = None, enabled: bool = True, **spec: Any) -> BatchedModel:
