@@ -61,3 +61,10 @@ def test_pre_commit_hooks_run_what_make_lint_runs() -> None:
     for hook in hooks:
         assert hook["language"] == "system"
         assert hook["pass_filenames"] is False
+
+
+def test_test_modules_have_one_name_across_the_layers() -> None:
+    """pytest imports test modules by their base name: two layers with the same file name
+    stop a whole-suite run at collection, while each layer alone passes."""
+    names = [p.name for p in (ROOT / "tests").glob("*/test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
